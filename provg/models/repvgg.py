@@ -1,0 +1,97 @@
+"""Re-parameterizable RepVGG block (Ding et al., 2021), the unit of the CFM FusionBlocks (Sec. 4.3).
+
+Train form: ``SiLU(BN(conv3×3(x)) + BN(conv1×1(x)) [+ BN(x)])``. Deploy form: ``SiLU(conv3×3'(x) + b')``
+with, per branch, t = γ/√(σ² + ε), W' = W·t, b' = β − μ·t; the 1×1 kernel is zero-padded to the 3×3
+centre and the identity branch is a centred one-hot 3×3 kernel (DESIGN §2). The conversion uses the
+running statistics, so it is exact in eval mode only; `reparameterize` refuses a model in train mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["RepVGGBlock", "reparameterize"]
+
+
+def _fuse_conv_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+class RepVGGBlock(nn.Module):
+    """3×3 + 1×1 (+ identity) convolution branches with batch norms, summed, then SiLU.
+
+    Args:
+        channels: input and output channels.
+        identity: add the batch-normalised identity branch.
+    """
+
+    def __init__(self, channels: int, identity: bool = False) -> None:
+        super().__init__()
+        self.channels = channels
+        self.conv3 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn_identity = nn.BatchNorm2d(channels) if identity else None
+        self.fused: nn.Conv2d | None = None
+        self.act = nn.SiLU()
+
+    @property
+    def deployed(self) -> bool:
+        return self.fused is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        y = self.bn3(self.conv3(x)) + self.bn1(self.conv1(x))
+        if self.bn_identity is not None:
+            y = y + self.bn_identity(x)
+        return self.act(y)
+
+    @torch.no_grad()
+    def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        """The single 3×3 kernel and bias that the eval-mode block equals."""
+        kernel, bias = _fuse_conv_bn(self.conv3.weight, self.bn3)
+        kernel1, bias1 = _fuse_conv_bn(F.pad(self.conv1.weight, [1, 1, 1, 1]), self.bn1)
+        kernel, bias = kernel + kernel1, bias + bias1
+        if self.bn_identity is not None:
+            eye = torch.zeros_like(self.conv3.weight)
+            eye[torch.arange(self.channels), torch.arange(self.channels), 1, 1] = 1
+            kernel_id, bias_id = _fuse_conv_bn(eye, self.bn_identity)
+            kernel, bias = kernel + kernel_id, bias + bias_id
+        return kernel, bias
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Switch to the deploy form in place (drops the branches)."""
+        if self.deployed:
+            return
+        kernel, bias = self.equivalent_kernel_bias()
+        fused = nn.Conv2d(self.channels, self.channels, 3, padding=1, bias=True)
+        fused.to(device=kernel.device, dtype=kernel.dtype)
+        fused.weight.copy_(kernel)
+        fused.bias.copy_(bias)
+        self.fused = fused
+        del self.conv3, self.bn3, self.conv1, self.bn1, self.bn_identity
+        self.bn_identity = None
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """Convert every `RepVGGBlock` in ``model`` to its deploy form, in place; returns ``model``.
+
+    The model must be in eval mode: the conversion folds the running statistics, which is what the
+    eval-mode model computes (float64 agreement to round-off).
+    """
+    blocks = [m for m in model.modules() if isinstance(m, RepVGGBlock)]
+    training = [m for m in blocks if m.training and not m.deployed]
+    if training:
+        raise RuntimeError(
+            "reparameterize folds running batch-norm statistics and is exact in eval mode only; "
+            "call model.eval() first"
+        )
+    for block in blocks:
+        block.reparameterize()
+    return model

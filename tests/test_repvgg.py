@@ -1,0 +1,94 @@
+"""Re-parameterization: the deploy form equals the train form in eval mode (float64 to 1e-10)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import provg
+from provg.models.cfm import FusionBlock
+from provg.models.repvgg import RepVGGBlock, reparameterize
+
+
+def _random_bn_statistics(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g, dtype=m.weight.dtype) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype))
+                m.running_mean.copy_(
+                    torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype)
+                )
+                m.running_var.copy_(
+                    torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype) + 0.1
+                )
+
+
+@pytest.mark.parametrize("identity", [False, True])
+@pytest.mark.parametrize(("channels", "height", "width"), [(1, 1, 1), (3, 7, 5), (5, 13, 1), (7, 9, 16)])
+def test_block_deploy_equals_train_float64(identity, channels, height, width):
+    block = RepVGGBlock(channels, identity=identity).double()
+    _random_bn_statistics(block, channels + height)
+    block.eval()
+    x = torch.randn(2, channels, height, width, dtype=torch.float64)
+    expected = block(x)
+    reparameterize(block)
+    assert block.deployed and not hasattr(block, "conv3")
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-10)
+
+
+def test_block_equivalent_kernel_matches_hand_folding():
+    block = RepVGGBlock(2).double()
+    _random_bn_statistics(block, 1)
+    block.eval()
+    block.requires_grad_(False)
+    kernel, bias = block.equivalent_kernel_bias()
+    t3 = block.bn3.weight / torch.sqrt(block.bn3.running_var + block.bn3.eps)
+    t1 = block.bn1.weight / torch.sqrt(block.bn1.running_var + block.bn1.eps)
+    for o in range(2):
+        for i in range(2):
+            for r in range(3):
+                for c in range(3):
+                    expected = block.conv3.weight[o, i, r, c] * t3[o]
+                    if (r, c) == (1, 1):
+                        expected = expected + block.conv1.weight[o, i, 0, 0] * t1[o]
+                    assert abs(float(kernel[o, i, r, c] - expected)) < 1e-14
+        expected_bias = (
+            block.bn3.bias[o]
+            - block.bn3.running_mean[o] * t3[o]
+            + block.bn1.bias[o]
+            - block.bn1.running_mean[o] * t1[o]
+        )
+        assert abs(float(bias[o] - expected_bias)) < 1e-14
+
+
+def test_fusion_block_and_float32():
+    block = FusionBlock(6, num_blocks=2, identity=True)
+    _random_bn_statistics(block, 3)
+    block.eval()
+    x = torch.randn(1, 6, 11, 7)
+    expected = block(x)
+    reparameterize(block)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reparameterize_refuses_train_mode():
+    block = RepVGGBlock(3)
+    with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
+        reparameterize(block)
+
+
+def test_whole_model_deploy_equals_train_float64():
+    model = provg.create_model("provg_tiny", image_size=96, rep_identity=True).double()
+    _random_bn_statistics(model.cfm, 11)
+    model.eval()
+    images = torch.randn(2, 3, 96, 96, dtype=torch.float64)
+    texts = ["the small red ship on the left", "a storage tank"]
+    with torch.no_grad():
+        expected = model(images, texts)
+        provg.reparameterize(model)
+        got = model(images, texts)
+    assert sum(isinstance(m, RepVGGBlock) and m.deployed for m in model.modules()) == 6
+    torch.testing.assert_close(got.boxes, expected.boxes, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got.mask_logits, expected.mask_logits, rtol=0, atol=1e-10)
