@@ -68,12 +68,46 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads "1e-3" as a string; read such strings as numbers."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=value"`` → (["a", "b"], YAML-parsed value)."""
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like key=value (e.g. lr=1e-4 or loss.lambda_cons=0.2)")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    return key.strip().split("."), _number(yaml.safe_load(value))
+
+
+def _check_types(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers written as strings become numbers; a value of the wrong kind raises naming the key."""
+    checked = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        kind = str(f.type)
+        if kind.startswith(("float", "int")) and value is not None:
+            value = _number(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"config key {f.name!r} needs a number, got {values[f.name]!r}")
+            if kind.startswith("int") and not float(value).is_integer():
+                raise ValueError(f"config key {f.name!r} needs a whole number, got {values[f.name]!r}")
+            value = int(value) if kind.startswith("int") else float(value)
+        elif kind == "dict[str, Any]" and isinstance(value, dict):
+            value = {k: _number(v) for k, v in value.items()}
+        checked[f.name] = value
+    return checked
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -99,4 +133,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
-    return TrainConfig(**values)
+    return TrainConfig(**_check_types(values))

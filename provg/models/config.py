@@ -28,10 +28,13 @@ class ProVGConfig:
     Language:
         parser / parser_options: expression decomposition strategy (`provg.parsers.get_parser`).
         text_encoder: Hugging Face model name or local path; text_mode: "separate" | "shared";
-        max_context_tokens, max_cue_tokens: token limits; text_trainable: fine-tune the encoder.
+        max_context_tokens, max_cue_tokens: token limits; text_trainable: fine-tune the encoder;
+        text_cache_size: features of this many decompositions kept when the encoder is frozen.
     PCM (Table 1): pcm_mode: an order of "S", "L", "V" (default "SLV"), "parallel", "none",
         or an alias "global" / "sequential" / "progressive"; pcm_heads: survey-attention heads;
-        pcm_feeds_backbone: Ṽ_i feeds stage i+1 (LAVT-style) rather than only the decoder.
+        pcm_feeds_backbone: Ṽ_i feeds stage i+1 (LAVT-style) rather than only the decoder;
+        pcm_position: "none" (as written) or "sine": survey queries W_q(Conv(V) + PE), see
+        `provg.models.position`.
     CFM (Table 4): cfm: on/off; cfm_width; cfm_blocks: RepVGG blocks per FusionBlock;
         cfm_cascade_top_down / cfm_cascade_bottom_up; rep_identity: RepVGG identity branch.
     LCD and heads (Table 4): decoder_width; lcm: on/off; fa: stage weighting of the box head on/off;
@@ -51,10 +54,12 @@ class ProVGConfig:
     max_context_tokens: int = 40
     max_cue_tokens: int = 20
     text_trainable: bool = True
+    text_cache_size: int = 0
 
     pcm_mode: str = "SLV"
     pcm_heads: int = 1
     pcm_feeds_backbone: bool = True
+    pcm_position: str = "none"
 
     cfm: bool = True
     cfm_width: int = 256

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from provg.ops import locate_gate, survey_gate, verify_gate
 from provg.text import LanguageFeatures
 
+from .position import sine_position_embedding
+
 __all__ = ["PCM", "LocateAttention", "SurveyAttention", "VerifyAttention", "normalize_pcm_mode"]
 
 PCM_ALIASES = {"global": "S", "sequential": "LV", "progressive": "SLV"}
@@ -55,11 +57,14 @@ def _identity_linear(channels: int) -> nn.Linear:
 class SurveyAttention(nn.Module):
     """Eq. 1–2: V^c = Proj(V ⊙ σ(Attn(W_q Conv(V), W_k L̃_c, W_v L̃_c))), L̃_c = Conv(L_c)."""
 
-    def __init__(self, channels: int, text_width: int, heads: int = 1) -> None:
+    def __init__(self, channels: int, text_width: int, heads: int = 1, position: str = "none") -> None:
         super().__init__()
         if channels % heads:
             raise ValueError(f"survey attention: {channels} channels not divisible by {heads} heads")
+        if position not in ("none", "sine"):
+            raise ValueError(f"pcm_position must be 'none' or 'sine', got {position!r}")
         self.heads = heads
+        self.position = position
         self.visual = nn.Linear(channels, channels)
         self.text = nn.Linear(text_width, channels)
         self.query = nn.Linear(channels, channels)
@@ -67,13 +72,20 @@ class SurveyAttention(nn.Module):
         self.value = nn.Linear(channels, channels)
         self.proj = _identity_linear(channels)
 
-    def gate_inputs(self, x: Tensor, language: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def gate_inputs(
+        self, x: Tensor, language: Tensor, size: tuple[int, int] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (B, P, C), keys and values (B, N_c, C) of the survey gate."""
         text = self.text(language)
-        return self.query(self.visual(x)), self.key(text), self.value(text)
+        visual = self.visual(x)
+        if self.position == "sine":
+            if size is None:
+                raise ValueError("pcm_position='sine' needs the (H, W) of the tokens")
+            visual = visual + sine_position_embedding(size[0], size[1], visual.shape[-1], visual)
+        return self.query(visual), self.key(text), self.value(text)
 
-    def forward(self, x: Tensor, language: Tensor, mask: Tensor) -> Tensor:
-        q, k, v = self.gate_inputs(x, language)
+    def forward(self, x: Tensor, language: Tensor, mask: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        q, k, v = self.gate_inputs(x, language, size)
         return self.proj(survey_gate(x, q, k, v, mask, self.heads))
 
 
@@ -124,26 +136,29 @@ class VerifyAttention(_ScalarAttention):
 class PCM(nn.Module):
     """The modulator of one stage: its submodules run in ``mode`` order (see the module docstring)."""
 
-    def __init__(self, channels: int, text_width: int, mode: str = "SLV", heads: int = 1) -> None:
+    def __init__(
+        self, channels: int, text_width: int, mode: str = "SLV", heads: int = 1, position: str = "none"
+    ) -> None:
         super().__init__()
         self.mode = normalize_pcm_mode(mode)
         letters = "LV" if self.mode == "parallel" else ("" if self.mode == "none" else self.mode)
-        self.survey = SurveyAttention(channels, text_width, heads) if "S" in letters else None
+        self.survey = SurveyAttention(channels, text_width, heads, position) if "S" in letters else None
         self.locate = LocateAttention(channels, text_width) if "L" in letters else None
         self.verify = VerifyAttention(channels, text_width) if "V" in letters else None
 
-    def _step(self, letter: str, x: Tensor, language: LanguageFeatures) -> Tensor:
+    def _step(self, letter: str, x: Tensor, language: LanguageFeatures, size: tuple[int, int] | None) -> Tensor:
         if letter == "S":
-            return self.survey(x, language.context, language.context_mask)
+            return self.survey(x, language.context, language.context_mask, size)
         if letter == "L":
             return self.locate(x, language.spatial, language.spatial_mask)
         return self.verify(x, language.attributes, language.attribute_mask)
 
-    def forward(self, x: Tensor, language: LanguageFeatures) -> Tensor:
+    def forward(self, x: Tensor, language: LanguageFeatures, size: tuple[int, int] | None = None) -> Tensor:
+        """Modulate tokens ``x`` (B, H·W, C); ``size`` = (H, W) is needed with position-aware queries."""
         if self.mode == "none":
             return x
         if self.mode == "parallel":
-            return 0.5 * (self._step("L", x, language) + self._step("V", x, language))
+            return 0.5 * (self._step("L", x, language, size) + self._step("V", x, language, size))
         for letter in self.mode:
-            x = self._step(letter, x, language)
+            x = self._step(letter, x, language, size)
         return x

@@ -68,6 +68,7 @@ class ProVG(nn.Module):
             max_context_tokens=config.max_context_tokens,
             max_cue_tokens=config.max_cue_tokens,
             trainable=config.text_trainable,
+            cache_size=config.text_cache_size,
         )
         backbone_kwargs = dict(config.backbone_kwargs)
         if config.backbone.startswith(_IMG_SIZE_FAMILIES):
@@ -75,7 +76,7 @@ class ProVG(nn.Module):
         self.backbone = StagedBackbone(config.backbone, config.backbone_pretrained_file, **backbone_kwargs)
         text_width = self.text_encoder.width
         self.pcm = nn.ModuleList(
-            PCM(channels, text_width, config.pcm_mode, config.pcm_heads)
+            PCM(channels, text_width, config.pcm_mode, config.pcm_heads, config.pcm_position)
             for channels in self.backbone.channels
         )
         self.cfm = CFM(
@@ -149,7 +150,7 @@ class ProVG(nn.Module):
         language = self.encode_text(expressions, decompositions)
         stages = self.backbone(
             images,
-            hook=lambda index, tokens, size: self.pcm[index](tokens, language),
+            hook=lambda index, tokens, size: self.pcm[index](tokens, language, size),
             feed_back=self.config.pcm_feeds_backbone,
         )
         maps = [tokens_to_map(tokens, *size) for tokens, size in stages]

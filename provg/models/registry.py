@@ -65,6 +65,7 @@ def provg_tiny() -> ProVGConfig:
         backbone_kwargs={"channels": (32, 64, 128, 256), "stem_width": 16},
         image_size=128,
         text_trainable=False,
+        text_cache_size=8192,
         pcm_heads=1,
         cfm_width=64,
         cfm_blocks=1,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -85,6 +86,8 @@ class TextEncoder(nn.Module):
         max_cue_tokens: token limit of L_s and of L_a (default 20).
         Batches are padded to their longest sequence (at most the limit), not to the limit.
         trainable: fine-tune the encoder; when False it runs in eval mode without gradients.
+        cache_size: with a frozen encoder, keep the features of this many decompositions (least
+            recently used dropped first), so repeated expressions are encoded once; 0 disables.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class TextEncoder(nn.Module):
         max_context_tokens: int = 40,
         max_cue_tokens: int = 20,
         trainable: bool = True,
+        cache_size: int = 0,
     ) -> None:
         super().__init__()
         if mode not in ("separate", "shared"):
@@ -123,6 +127,9 @@ class TextEncoder(nn.Module):
         self.max_context_tokens = max_context_tokens
         self.max_cue_tokens = max_cue_tokens
         self.trainable = trainable
+        self.cache_size = cache_size
+        self._cache: OrderedDict[Decomposition, tuple[Tensor, ...]] = OrderedDict()
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_cache())
         self.width = int(self.model.config.hidden_size)
         if not trainable:
             self.model.requires_grad_(False)
@@ -173,6 +180,30 @@ class TextEncoder(nn.Module):
                 )
 
     def forward(self, decompositions: list[Decomposition]) -> LanguageFeatures:
+        if self.trainable or self.cache_size == 0:
+            return self._compute(decompositions)
+        missing = list(dict.fromkeys(d for d in decompositions if d not in self._cache))
+        if missing:
+            computed = self._compute(missing)
+            for row, decomposition in enumerate(missing):
+                self._cache[decomposition] = _row(computed, row)
+        rows = []
+        for decomposition in decompositions:
+            self._cache.move_to_end(decomposition)
+            rows.append(self._cache[decomposition])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return _stack_rows(rows)
+
+    def clear_cache(self) -> None:
+        """Forget cached features (done automatically when weights are loaded or moved)."""
+        self._cache.clear()
+
+    def _apply(self, fn, recurse: bool = True):
+        self.clear_cache()
+        return super()._apply(fn, recurse)
+
+    def _compute(self, decompositions: list[Decomposition]) -> LanguageFeatures:
         texts = [d.text for d in decompositions]
         self._warn_truncated(texts)
         context_batch = self._tokenize(texts, self.max_context_tokens, offsets=self.mode == "shared")
@@ -222,3 +253,29 @@ class TextEncoder(nn.Module):
         index, valid = index[:, :longest].to(context.device), valid[:, :longest]
         gathered = torch.gather(context, 1, index[:, :, None].expand(-1, -1, width))
         return gathered, valid.to(context.device)
+
+
+def _row(features: LanguageFeatures, row: int) -> tuple[Tensor, ...]:
+    """The valid tokens of one row (masks are prefixes: right padding) as (context, spatial, attributes)."""
+    return (
+        features.context[row, : int(features.context_mask[row].sum())].clone(),
+        features.spatial[row, : int(features.spatial_mask[row].sum())].clone(),
+        features.attributes[row, : int(features.attribute_mask[row].sum())].clone(),
+    )
+
+
+def _pad(parts: list[Tensor]) -> tuple[Tensor, Tensor]:
+    length = max(1, max(p.shape[0] for p in parts))
+    values = parts[0].new_zeros(len(parts), length, parts[0].shape[-1])
+    mask = torch.zeros(len(parts), length, dtype=torch.bool, device=values.device)
+    for i, part in enumerate(parts):
+        values[i, : part.shape[0]] = part
+        mask[i, : part.shape[0]] = True
+    return values, mask
+
+
+def _stack_rows(rows: list[tuple[Tensor, ...]]) -> LanguageFeatures:
+    context, context_mask = _pad([r[0] for r in rows])
+    spatial, spatial_mask = _pad([r[1] for r in rows])
+    attributes, attribute_mask = _pad([r[2] for r in rows])
+    return LanguageFeatures(context, context_mask, spatial, spatial_mask, attributes, attribute_mask)

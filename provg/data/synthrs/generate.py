@@ -26,8 +26,8 @@ from .shapes import CATEGORIES
 
 __all__ = ["DEFAULT_SIZES", "GENERATOR_VERSION", "generate"]
 
-GENERATOR_VERSION = 1
-DEFAULT_SIZES = {"train": 2000, "val": 150, "test": 400}
+GENERATOR_VERSION = 2
+DEFAULT_SIZES = {"train": 1600, "val": 150, "test": 400}
 _SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 _MIN_TARGET_PIXELS = 12
 

@@ -122,14 +122,14 @@ class _Category:
 CATEGORIES: dict[str, _Category] = {
     c.name: c
     for c in (
-        _Category("airplane", "airplane", "airplanes", 13.0, _airplane),
-        _Category("ship", "ship", "ships", 12.0, _ship),
-        _Category("vehicle", "vehicle", "vehicles", 7.5, _vehicle),
-        _Category("storagetank", "storage tank", "storage tanks", 8.5, _storage_tank),
-        _Category("tenniscourt", "tennis court", "tennis courts", 11.0, _tennis_court),
-        _Category("baseballfield", "baseball field", "baseball fields", 10.5, _baseball_field),
-        _Category("groundtrackfield", "ground track field", "ground track fields", 12.0, _ground_track_field),
-        _Category("windmill", "windmill", "windmills", 11.0, _windmill),
+        _Category("airplane", "airplane", "airplanes", 14.0, _airplane),
+        _Category("ship", "ship", "ships", 13.5, _ship),
+        _Category("vehicle", "vehicle", "vehicles", 10.0, _vehicle),
+        _Category("storagetank", "storage tank", "storage tanks", 10.5, _storage_tank),
+        _Category("tenniscourt", "tennis court", "tennis courts", 13.0, _tennis_court),
+        _Category("baseballfield", "baseball field", "baseball fields", 12.5, _baseball_field),
+        _Category("groundtrackfield", "ground track field", "ground track fields", 14.0, _ground_track_field),
+        _Category("windmill", "windmill", "windmills", 13.0, _windmill),
     )
 }
 
