@@ -9,11 +9,13 @@ rows to benchmarks/results/mask_to_box.csv.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 
-from common import append_csv, median_ms, print_table
 from provg.ops import available_backends, mask_to_box
+
+from common import append_csv, median_ms, print_table
 
 CPU_SHAPES = [(1, 480, 480), (8, 480, 480), (8, 800, 800)]
 GPU_SHAPES = [(8, 480, 480), (32, 480, 480), (32, 800, 800), (256, 128, 128)]
@@ -50,11 +52,22 @@ def main() -> None:
                     continue
                 got = mask_to_box(masks, backend=name)
                 assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), name
-                median, p20, p80 = median_ms(lambda n=name: mask_to_box(masks, backend=n), device, repeat=args.repeat)
+                call = partial(mask_to_box, masks, backend=name)
+                median, p20, p80 = median_ms(call, device, repeat=args.repeat)
                 reference_ms = reference_ms or median
                 bandwidth = masks.numel() / (median / 1000) / 1e9
-                rows.append([device.type, "x".join(map(str, shape)), name, f"{median:.3f}", f"{p20:.3f}",
-                             f"{p80:.3f}", f"{bandwidth:.1f}", f"{reference_ms / median:.2f}x"])
+                rows.append(
+                    [
+                        device.type,
+                        "x".join(map(str, shape)),
+                        name,
+                        f"{median:.3f}",
+                        f"{p20:.3f}",
+                        f"{p80:.3f}",
+                        f"{bandwidth:.1f}",
+                        f"{reference_ms / median:.2f}x",
+                    ]
+                )
     print_table("mask_to_box: boxes of a batch of bool masks", header, rows)
     print(f"rows appended to {append_csv('mask_to_box', header, rows)}")
 

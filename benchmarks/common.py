@@ -34,10 +34,13 @@ def versions() -> str:
     import provg
 
     cuda = torch.version.cuda if torch.cuda.is_available() else "none"
-    return f"torch {torch.__version__}, provg {provg.__version__}, cuda {cuda}, python {platform.python_version()}"
+    python = platform.python_version()
+    return f"torch {torch.__version__}, provg {provg.__version__}, cuda {cuda}, python {python}"
 
 
-def median_ms(function: Callable[[], object], device: torch.device, warmup: int = 3, repeat: int = 15) -> tuple[float, float, float]:
+def median_ms(
+    function: Callable[[], object], device: torch.device, warmup: int = 3, repeat: int = 15
+) -> tuple[float, float, float]:
     """Median, 20th and 80th percentile of ``repeat`` timed calls, in milliseconds."""
     for _ in range(warmup):
         function()

@@ -17,8 +17,14 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 def main(tokenizer_dir: str, out: str) -> None:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(f"tiny BERT (width {config.hidden_size}) written to {out}")

@@ -18,8 +18,9 @@ TEXT_ENCODER = os.environ.get("PROVG_TEXT_ENCODER", "all-MiniLM-L6-v2")
 
 
 @pytest.mark.skipif(not available_backends()["cuda"], reason="provg._C built without CUDA")
-@pytest.mark.parametrize("shape", [(0, 3, 3), (1, 1, 1), (3, 1, 97), (7, 97, 1), (5, 13, 31), (4, 801, 800),
-                                   (2, 1031, 1029)])
+@pytest.mark.parametrize(
+    "shape", [(0, 3, 3), (1, 1, 1), (3, 1, 97), (7, 97, 1), (5, 13, 31), (4, 801, 800), (2, 1031, 1029)]
+)
 @pytest.mark.parametrize("dtype", [torch.bool, torch.uint8])
 def test_cuda_kernel_matches_reference(shape, dtype):
     g = torch.Generator().manual_seed(sum(shape))

@@ -19,8 +19,10 @@ from provg.metrics import box_iou_parts
 
 
 def test_config_yaml_overrides_and_errors(tmp_path):
-    config = load_config(configs.path("synthrs_tiny"), ["lr=3e-3", "loss.lambda_cons=0.2", "milestones=[2, 3]"])
-    assert config.lr == 0.003 and config.loss == {"lambda_cons": 0.2} and config.milestones == [2, 3]
+    overrides = ["lr=3e-3", "loss.lambda_cons=0.2", "milestones=[2, 3]"]
+    config = load_config(configs.path("synthrs_tiny"), overrides)
+    assert config.lr == 0.003 and config.milestones == [2, 3]
+    assert config.loss == {"smooth_l1_beta": 0.05, "lambda_cons": 0.2}
     assert config.model == "provg_tiny" and config.epochs > 0
     assert load_config(None).lr == 3e-5 and load_config(None).milestones == [50, 60]  # the paper
     with pytest.raises(ValueError, match="unknown config key"):
@@ -54,8 +56,12 @@ def test_synthrs_targets_have_distractors_and_gold_cues(synthrs_root):
         category_words = sample["category"].replace("tank", " tank").replace("court", " court")
         assert any(category_words.split()[-1] in cue.text for cue in decomposition.attributes)
         rows, cols = sample["mask"].nonzero(as_tuple=True)
-        assert sample["box"].tolist() == [cols.min().item(), rows.min().item(), cols.max().item() + 1,
-                                          rows.max().item() + 1]
+        assert sample["box"].tolist() == [
+            cols.min().item(),
+            rows.min().item(),
+            cols.max().item() + 1,
+            rows.max().item() + 1,
+        ]
 
 
 def test_category_baseline_is_one_of_the_candidates(synthrs_root):

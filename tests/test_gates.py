@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import reference_math as ref
 import torch
 
 from provg.ops import locate_gate, masked_softmax, survey_gate, verify_gate
+
+import reference_math as ref
 
 
 def _mask(batch, tokens, generator):

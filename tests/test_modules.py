@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import reference_math as ref
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +15,8 @@ from provg.models.heads import BoxHead, MaskHead
 from provg.models.lcd import LCM
 from provg.models.pcm import PCM, LocateAttention, SurveyAttention, VerifyAttention, normalize_pcm_mode
 from provg.text import LanguageFeatures
+
+import reference_math as ref
 
 torch.manual_seed(0)
 D = 5  # text width

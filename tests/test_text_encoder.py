@@ -116,13 +116,14 @@ def test_feature_cache_returns_the_uncached_features(mode):
     cached(DECOMPOSITIONS[1:])  # fills the cache with other padding than `batch` has
     for _ in range(2):
         got = cached(batch)
-        for name in ("context", "spatial", "attributes"):
-            mask_name = {"context": "context_mask", "spatial": "spatial_mask", "attributes": "attribute_mask"}[name]
+        masks = {"context": "context_mask", "spatial": "spatial_mask", "attributes": "attribute_mask"}
+        for name, mask_name in masks.items():
             want_mask, got_mask = getattr(expected, mask_name), getattr(got, mask_name)
             assert torch.equal(got_mask, want_mask[:, : got_mask.shape[1]])
             assert not want_mask[:, got_mask.shape[1] :].any()
-            torch.testing.assert_close(getattr(got, name)[got_mask], getattr(expected, name)[want_mask],
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                getattr(got, name)[got_mask], getattr(expected, name)[want_mask], rtol=1e-5, atol=1e-5
+            )
     assert len(cached._cache) == 2 and DECOMPOSITIONS[1] not in cached._cache  # least recently used dropped
     cached.load_state_dict(cached.state_dict())
     assert len(cached._cache) == 0

@@ -84,7 +84,9 @@ class SurveyAttention(nn.Module):
             visual = visual + sine_position_embedding(size[0], size[1], visual.shape[-1], visual)
         return self.query(visual), self.key(text), self.value(text)
 
-    def forward(self, x: Tensor, language: Tensor, mask: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, language: Tensor, mask: Tensor, size: tuple[int, int] | None = None
+    ) -> Tensor:
         q, k, v = self.gate_inputs(x, language, size)
         return self.proj(survey_gate(x, q, k, v, mask, self.heads))
 
@@ -146,7 +148,9 @@ class PCM(nn.Module):
         self.locate = LocateAttention(channels, text_width) if "L" in letters else None
         self.verify = VerifyAttention(channels, text_width) if "V" in letters else None
 
-    def _step(self, letter: str, x: Tensor, language: LanguageFeatures, size: tuple[int, int] | None) -> Tensor:
+    def _step(
+        self, letter: str, x: Tensor, language: LanguageFeatures, size: tuple[int, int] | None
+    ) -> Tensor:
         if letter == "S":
             return self.survey(x, language.context, language.context_mask, size)
         if letter == "L":

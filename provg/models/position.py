@@ -24,8 +24,12 @@ def _embedding(height: int, width: int, channels: int, device: torch.device, dty
     xs = (torch.arange(width, dtype=torch.float64) + 0.5) / width
     y = ys[:, None, None] * frequencies * 2 * math.pi  # (H, 1, Q)
     x = xs[None, :, None] * frequencies * 2 * math.pi  # (1, W, Q)
-    parts = [x.sin().expand(height, width, quarter), x.cos().expand(height, width, quarter),
-             y.sin().expand(height, width, quarter), y.cos().expand(height, width, quarter)]
+    parts = [
+        x.sin().expand(height, width, quarter),
+        x.cos().expand(height, width, quarter),
+        y.sin().expand(height, width, quarter),
+        y.cos().expand(height, width, quarter),
+    ]
     embedding = torch.cat(parts, dim=-1).reshape(height * width, 4 * quarter)
     if embedding.shape[1] < channels:  # channels not divisible by 4: zero-pad
         embedding = torch.nn.functional.pad(embedding, (0, channels - embedding.shape[1]))

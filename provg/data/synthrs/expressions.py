@@ -86,8 +86,12 @@ def describe(scene: Scene, target: SceneObject, rng: np.random.Generator) -> Dec
     colour_unique = sum(p.colour == target.colour for p in peers) == 1
     size = _size_word(target, peers)
     relations = _relations(target, scene, peers)
-    weights = {"cell": 3.0, "relation": 1.5 if relations else 0.0, "colour": 3.0 if colour_unique else 0.0,
-               "size": 2.0 if size else 0.0}
+    weights = {
+        "cell": 3.0,
+        "relation": 1.5 if relations else 0.0,
+        "colour": 3.0 if colour_unique else 0.0,
+        "size": 2.0 if size else 0.0,
+    }
     names = list(weights)
     total = sum(weights.values())
     core = names[int(rng.choice(len(names), p=[weights[n] / total for n in names]))]
