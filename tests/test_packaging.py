@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,16 @@ def installed(tmp_path_factory) -> Path:
 
 
 def _run(site: Path, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` seeing the installed copy and the dependencies, but not this checkout.
+
+    ``-S`` skips the .pth files of site-packages, among them the editable install's finder, which would
+    otherwise resolve the installed copy's missing modules (``provg._C``) from the source tree.
+    """
+    dependencies = sysconfig.get_paths()["purelib"]
+    prelude = f"import sys; sys.path[:0] = [{str(site)!r}]; sys.path.append({dependencies!r})\n"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(site)
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=site.parent, capture_output=True, text=True
+        [sys.executable, "-S", "-c", prelude + code], env=env, cwd=site.parent, capture_output=True, text=True
     )
 
 
