@@ -1,7 +1,7 @@
 // CUDA kernel of provg::mask_to_box. A 2-D grid: blockIdx.x picks the mask, blockIdx.y a chunk of its
 // pixels. Each block reduces the extent of the foreground it sees in shared memory, then merges it into
 // a per-mask int32 extent with one global atomic per bound; a second kernel turns extents into boxes.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> mask_to_box_cuda(const at::Tensor& masks) {
   at::Tensor extents = at::empty({batch, 4}, masks.options().dtype(at::kInt));
   extents.narrow(1, 0, 2).fill_(INT_MAX);
   extents.narrow(1, 2, 2).fill_(-1);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t pixels = height * width;
   if (pixels > 0) {
     const int64_t chunk = static_cast<int64_t>(kThreads) * kPixelsPerThread;
