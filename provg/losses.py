@@ -20,14 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from provg.models.provg import cxcywh_to_xyxy
 from provg.ops import mask_to_box, soft_mask_to_box
 
-__all__ = ["LossConfig", "ProVGLoss", "cxcywh_to_xyxy", "dice_loss", "generalized_box_iou_loss"]
-
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+__all__ = ["LossConfig", "ProVGLoss", "dice_loss", "generalized_box_iou_loss"]
 
 
 def generalized_box_iou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:

@@ -7,7 +7,6 @@ where every target shares its category with distractors it measures what those c
 from __future__ import annotations
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from provg.data import RRSISD
@@ -31,9 +30,3 @@ def category_baseline(dataset: RRSISD, seed: int = 0, progress: bool = True) -> 
             gt_masks=sample["mask"][None],
         )
     return evaluator.compute()
-
-
-def candidates_per_sample(dataset: RRSISD) -> float:
-    """Mean number of same-category objects per sample (1 / chance of the baseline)."""
-    counts = [len(dataset.category_instances(i)) for i in range(len(dataset))]
-    return float(torch.tensor(counts, dtype=torch.float64).mean())

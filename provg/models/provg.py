@@ -25,17 +25,20 @@ from .layers import tokens_to_map
 from .lcd import LCD
 from .pcm import PCM
 
-__all__ = ["GroundingOutput", "ProVG", "boxes_to_xyxy"]
+__all__ = ["GroundingOutput", "ProVG", "boxes_to_xyxy", "cxcywh_to_xyxy"]
 
 _IMG_SIZE_FAMILIES = ("swin", "vit", "deit", "eva", "beit")
 
 
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """(…, 4) boxes (cx, cy, w, h) → (x0, y0, x1, y1) in the same units."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
 def boxes_to_xyxy(boxes: Tensor, height: int, width: int) -> Tensor:
     """Normalized (cx, cy, w, h) → pixel (x0, y0, x1, y1)."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack(
-        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], -1
-    )
+    return cxcywh_to_xyxy(boxes) * boxes.new_tensor([width, height, width, height])
 
 
 @dataclass
