@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -49,6 +50,8 @@ class ExpressionParser(ABC):
 
 
 _REGISTRY: dict[str, Callable[..., ExpressionParser]] = {}
+# Built-in strategies whose modules import heavy libraries (nltk, spacy) load on first use.
+_BUILTIN_MODULES = {"naive": "naive", "nltk": "nltk_parser", "spacy": "spacy_parser"}
 P = TypeVar("P", bound=type)
 
 
@@ -67,11 +70,13 @@ def register_parser(name: str) -> Callable[[P], P]:
 
 def list_parsers() -> list[str]:
     """Names accepted by `get_parser`, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
 
 
 def get_parser(name: str, **options) -> ExpressionParser:
     """Instantiate the strategy registered as ``name`` with its keyword ``options``."""
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{_BUILTIN_MODULES[name]}")
     if name not in _REGISTRY:
         raise KeyError(f"unknown parser {name!r}; available: {', '.join(list_parsers())}")
     return _REGISTRY[name](**options)

@@ -1,4 +1,4 @@
-"""Command line: ``provg demo`` and ``provg train CONFIG [--set key=value ...]``."""
+"""Command line: ``provg demo``, ``provg train CONFIG [--set key=value ...]``, ``provg parse TEXT``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,44 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+_COLOURS = {"S": "\033[1;36m", "A": "\033[1;33m"}
+_RESET = "\033[0m"
+
+
+def highlight(decomposition, colour: bool) -> str:
+    """The expression with its cues marked: ANSI colours (S cyan, A yellow) or ``{S:...}`` brackets."""
+    if not colour:
+        return decomposition.to_marked()
+    cues = sorted(
+        [(c, "S") for c in decomposition.spatial] + [(c, "A") for c in decomposition.attributes],
+        key=lambda item: item[0].start,
+    )
+    text, out, position = decomposition.text, [], 0
+    for cue, kind in cues:
+        out += [text[position : cue.start], _COLOURS[kind], cue.text, _RESET]
+        position = cue.end
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _parse(args: argparse.Namespace) -> int:
+    from provg.parsers import get_parser, list_parsers
+
+    names = list_parsers() if args.parser == "all" else [args.parser]
+    colour = sys.stdout.isatty() and not args.no_colour
+    for name in names:
+        decomposition = get_parser(name).parse(args.text)
+        prefix = f"{name:>6}: " if len(names) > 1 else ""
+        print(prefix + highlight(decomposition, colour))
+        if args.verbose:
+            for kind, cues in (("S", decomposition.spatial), ("A", decomposition.attributes)):
+                for cue in cues:
+                    print(f"        {kind} [{cue.start:3d}, {cue.end:3d}) {cue.text!r}")
+    if colour:
+        print(f"({_COLOURS['S']}spatial{_RESET}, {_COLOURS['A']}attribute{_RESET})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="provg", description="ProVG remote-sensing visual grounding")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     train.set_defaults(run=_train)
+
+    parse = commands.add_parser("parse", help="decompose an expression into spatial and attribute cues")
+    parse.add_argument("text", help="the referring expression")
+    parse.add_argument("--parser", default="spacy", help="strategy name, or 'all' to compare (default spacy)")
+    parse.add_argument("-v", "--verbose", action="store_true", help="list the cues with character offsets")
+    parse.add_argument("--no-colour", action="store_true", help="bracket marks instead of colours")
+    parse.set_defaults(run=_parse)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -60,9 +60,10 @@ def test_bad_inputs_raise_clear_errors(tiny, images, texts, error, message):
 
 def test_gold_decompositions_bypass_the_parser(tiny):
     images = torch.randn(1, 3, 128, 128)
-    gold = [Decomposition.from_marked("the {A:small red ship} {S:on the upper left}")]
+    # Deliberately swapped cues, so that they differ from what any parser returns.
+    gold = [Decomposition.from_marked("the {S:small red ship} {A:on the upper left}")]
     parsed = tiny.parser.parse_batch(TEXTS[:1])
-    assert gold != parsed  # the naive parser keeps the determiner in the attribute cue
+    assert gold != parsed
     with torch.no_grad():
         a = tiny(images, TEXTS[:1], decompositions=gold)
         b = tiny(images, TEXTS[:1])
@@ -99,6 +100,19 @@ def test_every_variant_runs_and_differs_where_it_should(overrides):
         assert not any(p.survey or p.locate or p.verify for p in model.pcm)
     if overrides.get("cfm") is False:
         assert not hasattr(model.cfm, "top_down")
+
+
+def test_expressions_are_parsed_once(tiny, monkeypatch):
+    calls = []
+    original = tiny.parser.parse_batch
+    monkeypatch.setattr(
+        tiny.parser, "parse_batch", lambda texts: calls.append(list(texts)) or original(texts)
+    )
+    first = tiny.parse(["a red car", "a blue ship on the left", "a red car"])
+    again = tiny.parse(["a blue ship on the left", "a tank beside the dam"])
+    assert calls == [["a red car", "a blue ship on the left"], ["a tank beside the dam"]]
+    assert first[0] is first[2] and again[0] is first[1]
+    assert first[1] == original(["a blue ship on the left"])[0]
 
 
 def test_language_changes_the_prediction(tiny):

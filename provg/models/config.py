@@ -47,7 +47,7 @@ class ProVGConfig:
     backbone_pretrained_file: str | None = None
     image_size: int = 480
 
-    parser: str = "naive"
+    parser: str = "spacy"
     parser_options: dict[str, Any] = field(default_factory=dict)
     text_encoder: str = DEFAULT_TEXT_ENCODER
     text_mode: str = "separate"

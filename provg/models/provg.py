@@ -8,6 +8,7 @@ logits (B, 2, H, W).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,6 +66,9 @@ class ProVG(nn.Module):
         super().__init__()
         self.config = config
         self.parser = get_parser(config.parser, **config.parser_options)
+        # Parsers are deterministic: each expression is parsed once (least recently used dropped).
+        self._parsed: OrderedDict[str, Decomposition] = OrderedDict()
+        self.parse_cache_size = 65536
         self.text_encoder = TextEncoder(
             config.text_encoder,
             mode=config.text_mode,
@@ -132,12 +136,23 @@ class ProVG(nn.Module):
                 "pass one expression per image"
             )
 
+    def parse(self, expressions: Sequence[str]) -> list[Decomposition]:
+        """Decompositions of ``expressions`` by the configured parser, through a bounded cache."""
+        missing = [text for text in dict.fromkeys(expressions) if text not in self._parsed]
+        if missing:
+            self._parsed.update(zip(missing, self.parser.parse_batch(missing)))
+        for text in expressions:
+            self._parsed.move_to_end(text)
+        while len(self._parsed) > self.parse_cache_size:
+            self._parsed.popitem(last=False)
+        return [self._parsed[text] for text in expressions]
+
     def encode_text(
         self, expressions: Sequence[str], decompositions: Sequence[Decomposition] | None = None
     ) -> LanguageFeatures:
         """Parse (unless ``decompositions`` are given) and encode the expressions."""
         if decompositions is None:
-            decompositions = self.parser.parse_batch(expressions)
+            decompositions = self.parse(expressions)
         elif [d.text for d in decompositions] != list(expressions):
             raise ValueError("decompositions must be of the given expressions, in the same order")
         return self.text_encoder(list(decompositions))
