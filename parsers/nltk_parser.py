@@ -6,13 +6,15 @@
    tagger as backoff (`UnigramTagger` → `RegexpTagger` → `DefaultTagger`). With
    ``tagger="perceptron"`` NLTK's averaged-perceptron tagger, when its data is installed, tags the
    words the lexicon does not know.
-3. A `RegexpParser` grammar chunks noun phrases, locations ("the upper left corner"), spatial and
-   relational prepositional phrases with their landmark ("on the right of the green baseball field"),
-   `of` chains, coordinated landmarks and relative clauses.
-4. A left-to-right pass labels the chunks: the first noun phrase is the target (its words are
-   attribute cues, its ordinals and positional superlatives spatial cues); spatial phrases are spatial
-   cues together with everything that modifies their landmark; predicates, "with" phrases and
-   appositive descriptions of the target are attribute cues.
+3. A `RegexpParser` grammar (`GRAMMAR`) chunks locations ("the upper left corner"), noun phrases
+   (coordinated modifiers included: "green and orange"), spatial and relational prepositional phrases
+   with their landmark ("next to a white van"), and spatial relative clauses ("that are on the far
+   right").
+4. A left-to-right pass over the chunks labels them: the first noun phrase is the target (its words
+   are attribute cues, its ordinals and positional superlatives spatial cues); a spatial phrase is a
+   spatial cue together with what describes its landmark (`of` chains, coordinated landmarks "and a
+   parking lot", relative clauses, "with" phrases); predicates, "with" phrases and appositive
+   descriptions of the target are attribute cues.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ GRAMMAR = r"""
 LOC: {<DT>?<SPJ|SUP|JJ|CD>*<SPN>+<NN|CAT>*}
 NP:  {<DT|CD|PRPS>*<RB>?(<JJ|CLR|JJS|VBN|ST|ADJT|CD><AND>)*<MOD>*<CAT|NN>|<DT><ORD|SUP>}
 PP:  {<RB>?<SP|TO>+<LOC|NP>|<RB>?<ADJT|RL><TO|SP|BY>+<LOC|NP>|<RB>?<RL><LOC|NP>}
+RELCL: {<WDT><COP>*<PP|LOC>}
 """.replace("<MOD>", f"<{_MODIFIERS}>")
 
 _LEXICON: dict[str, str] = {}
@@ -259,7 +262,7 @@ class NltkParser(ExpressionParser):
             return Decomposition(text)
         tags = self._tags(tokens, merged)
         units = self._chunk(tuple(tags))
-        labels = _label(units, tags, tokens)
+        labels = _Labeller(units, tags, tokens).run()
         return decomposition_from_labels(text, tokens, labels)
 
 
@@ -317,14 +320,17 @@ class _Labeller:
         describes its landmark; return the index of the first unit after it."""
         for k in range(j, j + opening):
             self.fill(k, "S")
-        j += opening
+        return self.extend_spatial(j + opening)
+
+    def extend_spatial(self, j: int) -> int:
+        """Extend the spatial phrase that ends before unit ``j`` over its landmark's modifiers."""
         while j < len(self.units):
             kind, previous = self.kind(j), self.kind(j - 1)
             if kind == "OF" and self.kind(j + 1) in _LANDMARK | {"PP"}:
                 self.fill(j, "S")
                 self.fill(j + 1, "S")
                 j += 2
-            elif kind == "PP" and previous in _LANDMARK | {"PP"}:
+            elif kind == "PP" and previous in _LANDMARK | {"PP", "RELCL"}:
                 self.fill(j, "S")  # "at the harbor on the right", "in the row of cars along the road"
                 j += 1
             elif (
@@ -343,23 +349,12 @@ class _Labeller:
                 self.fill(j, "S")  # coordinated landmarks: "of a lake and a white building"
                 self.fill(j + 1, "S")
                 j += 2
-            elif kind == "WDT" and self.relative_spatial(j):
-                # "some pools that are on the far right": the clause describes the landmark.
-                k = j + 1
-                while self.kind(k) == "COP":
-                    k += 1
-                for u in range(j, k):
-                    self.fill(u, "S")
-                j = k
+            elif kind == "RELCL":
+                self.fill(j, "S")  # "some pools that are on the far right" describes the landmark
+                j += 1
             else:
                 break
         return j
-
-    def relative_spatial(self, j: int) -> bool:
-        k = j + 1
-        while self.kind(k) == "COP":
-            k += 1
-        return self.kind(k) in ("PP", "LOC", "ADJT", "RL")
 
     def appearance_pp(self, j: int) -> bool:
         """A prepositional phrase that belongs to the target's description: an agent after a
@@ -388,8 +383,19 @@ class _Labeller:
                     continue
                 i += 1
                 continue
+            if kind == "RELCL":
+                # "the ship that is on the top": pronoun and copula stay outside, the position is spatial.
+                _, first, end = self.units[i]
+                k = first
+                while k < end and self.tags[k] in ("WDT", "COP"):
+                    k += 1
+                for position in range(k, end):
+                    self.labels[position] = "S"
+                i = self.extend_spatial(i + 1)
+                mode, clause_start = "S", False
+                continue
             if kind == "WDT":
-                i += 1  # "the ship that is on the top": pronoun and copula stay outside the cues
+                i += 1  # "which has a red roof": pronoun and copula stay outside the cues
                 while self.kind(i) == "COP":
                     i += 1
                 continue
@@ -472,8 +478,3 @@ class _Labeller:
             self.fill(j, "A")
             j += 1
         return j
-
-
-def _label(units: tuple[Unit, ...], tags: list[str], tokens: list[Token]) -> list[str]:
-    """Label each token "S", "A" or "O" from the chunk units (see the module docstring)."""
-    return _Labeller(units, tags, tokens).run()

@@ -136,9 +136,6 @@ class _DocLabeller:
         self.target = None
 
     # -- word classes --------------------------------------------------------------------------
-    def lower(self, t) -> str:
-        return t.lower_
-
     def is_category(self, t) -> bool:
         return self.kinds[t.i] == "CAT" or t.lower_ in lx.CATEGORY_WORDS
 
