@@ -35,7 +35,7 @@ def train_step(model, criterion, optimizer, images, texts, target_boxes, target_
 
 def bench_model(name: str, batches: tuple[int, ...], device: torch.device, args) -> list[list[object]]:
     torch.manual_seed(0)
-    model = provg.create_model(name, text_encoder=args.text_encoder).to(device)
+    model = provg.create_model(name, text_encoder=args.text_encoder, parser=args.parser).to(device)
     size = model.config.image_size
     rows = []
     for batch in batches:
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["provg_tiny", "provg_swin_b"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--text-encoder", default="all-MiniLM-L6-v2", help="HF model name or local path")
+    parser.add_argument("--parser", default="spacy", help="expression parser (naive, nltk, spacy)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

@@ -57,7 +57,7 @@ python3 benchmarks/bench_mask_to_box.py 2>&1 | tee -a "$OUT/summary.txt"
 cp benchmarks/results/mask_to_box.csv "$OUT/" 2>/dev/null
 
 log "model forward timing (GPU)"
-python3 benchmarks/bench_forward.py --text-encoder "${PROVG_TEXT_ENCODER:-all-MiniLM-L6-v2}" 2>&1 \
+python3 benchmarks/bench_forward.py --text-encoder "${PROVG_TEXT_ENCODER:-all-MiniLM-L6-v2}" --parser naive 2>&1 \
   | tee -a "$OUT/summary.txt"
 cp benchmarks/results/forward.csv "$OUT/" 2>/dev/null
 log "done $(date -u)"
