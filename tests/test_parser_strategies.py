@@ -172,3 +172,14 @@ def test_nltk_strategy_runs_without_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parse_command_marks_cues(capsys):
+    from provg.cli import highlight, main
+
+    assert main(["parse", "the red ship on the left", "--parser", "nltk", "--no-colour", "-v"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "the {A:red ship} {S:on the left}"
+    assert "S [ 13,  24) 'on the left'" in lines[1]
+    coloured = highlight(Decomposition.from_marked("a {A:ship} {S:near the dam}"), colour=True)
+    assert coloured == "a \033[1;33mship\033[0m \033[1;36mnear the dam\033[0m"
