@@ -87,6 +87,7 @@ def test_gold_decompositions_bypass_the_parser(tiny):
         {"pcm_heads": 4},
         {"rep_identity": True},
         {"cfm_blocks": 0},
+        {"pcm_position": "sine"},
     ],
 )
 def test_every_variant_runs_and_differs_where_it_should(overrides):

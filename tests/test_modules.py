@@ -279,3 +279,24 @@ def test_mask_pool_moments_recover_a_box():
     var_x = float((weights.sum(0) * xs**2).sum()) - mean_x**2
     assert mean_x == pytest.approx(22 / 40)
     assert math.sqrt(12 * var_x) == pytest.approx(24 / 40, rel=2e-3)
+
+
+def test_position_aware_survey_queries():
+    from provg.models.position import sine_position_embedding
+
+    module = _randomize(SurveyAttention(8, D, heads=2, position="sine"), 11)
+    x = torch.randn(2, 6, 8, dtype=torch.float64)  # a 2×3 map
+    language, mask = _language(2, 11)
+    pe = sine_position_embedding(2, 3, 8, x)
+    # Hand-worked entries: channel 0 is sin(2π·x) at pixel-centre x, channel 4 sin(2π·y).
+    assert float(pe[1, 0]) == pytest.approx(math.sin(2 * math.pi * 1.5 / 3))
+    assert float(pe[3, 4]) == pytest.approx(math.sin(2 * math.pi * 1.5 / 2))
+    text = ref.linear(language, module.text)
+    q = ref.linear(ref.linear(x, module.visual) + pe, module.query)
+    expected = ref.linear(
+        ref.survey_gate(x, q, ref.linear(text, module.key), ref.linear(text, module.value), mask, 2),
+        module.proj,
+    )
+    torch.testing.assert_close(module(x, language, mask, (2, 3)), expected, rtol=1e-11, atol=1e-11)
+    with pytest.raises(ValueError, match="needs the"):
+        module(x, language, mask)
