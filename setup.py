@@ -11,6 +11,7 @@ Environment switches, read at build time:
 - ``FORCE_ONLY_CPU=1``: never compile CUDA sources.
 - ``PROVG_NO_EXTENSION=1``: build no extension at all (provg then runs on its PyTorch references).
 - ``MAX_JOBS``, ``TORCH_CUDA_ARCH_LIST``: honoured by torch's extension builder.
+- ``PROVG_CPU_VECTOR=default``: build the CPU kernels without AVX2 (used when the build machine has it).
 
 Without either force switch, CUDA sources are compiled when a GPU is visible and ``CUDA_HOME`` is set.
 """
@@ -27,6 +28,20 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+def _cpu_vector_flags() -> list[str]:
+    """AVX2 + FMA for ATen's Vectorized<> when this machine has them (PROVG_CPU_VECTOR=default opts out)."""
+    if os.environ.get("PROVG_CPU_VECTOR", "auto") == "default":
+        return []
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = set(handle.read().split())
+    except OSError:
+        return []
+    if {"avx2", "fma"} <= flags:
+        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    return []
+
+
 def _extensions() -> tuple[list, dict]:
     if _flag("PROVG_NO_EXTENSION"):
         return [], {}
@@ -37,7 +52,7 @@ def _extensions() -> tuple[list, dict]:
         _flag("FORCE_CUDA") or (torch.cuda.is_available() and CUDA_HOME is not None)
     )
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx_flags = ["-O3", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp", *_cpu_vector_flags()]
     extra_compile_args: dict[str, list[str]] = {"cxx": cxx_flags}
     define_macros: list[tuple[str, str | None]] = []
     if with_cuda:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (the device tool): build the CUDA extension, run the GPU tests,
-# run the kernel benchmark and a model timing, write everything under $OUT.
-#   device run: bash benchmarks/gpu_check.sh
+# run the kernel benchmarks, write everything under $OUT. Each step has its own time limit so a slow
+# step cannot eat the others' results.
+#   device run: bash benchmarks/gpu_check.sh [steps...]   (steps: tests mask forward pcm; default all)
 set -uo pipefail
 OUT=${OUT:-/tmp/provg-gpu}
+STEPS=${*:-tests mask forward pcm}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
@@ -30,34 +32,32 @@ arch=$(python3 -c "import torch; c = torch.cuda.get_device_capability(); print(f
 log "building provg._C with CUDA (arch $arch, CUDA_HOME=$CUDA_HOME)"
 start=$(date +%s)
 # Editable install: maps parsers/ to provg.parsers and compiles provg._C with the CUDA sources in place.
-# If this machine's setuptools cannot (too old for pyproject metadata), JIT-compile the same sources and
-# link the mapped packages into provg/.
-if ! TORCH_CUDA_ARCH_LIST="$arch" FORCE_CUDA=1 MAX_JOBS=16 python3 -m pip install --no-build-isolation \
-     --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
-  log "editable install failed (see build.log); JIT build"
-  ln -sfn ../parsers provg/parsers && ln -sfn ../configs provg/configs
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-  TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=16 python3 - >>"$OUT/build.log" 2>&1 <<'PY'
-import glob, shutil
-from torch.utils.cpp_extension import load
-sources = ["csrc/ops.cpp", "csrc/python_module.cpp", *glob.glob("csrc/cpu/*.cpp"), *glob.glob("csrc/cuda/*.cu")]
-module = load("_C", sources, extra_cflags=["-O3", "-fopenmp", "-DPROVG_WITH_CUDA"], extra_ldflags=["-fopenmp"],
-              extra_cuda_cflags=["-O3", "-DPROVG_WITH_CUDA"], build_directory="/tmp", verbose=False)
-shutil.copy(module.__file__, "provg/_C.so")
-PY
-fi
+TORCH_CUDA_ARCH_LIST="$arch" FORCE_CUDA=1 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps \
+  --no-index -e . >"$OUT/build.log" 2>&1
+log "build exit $? in $(( $(date +%s) - start )) s"
 python3 -c "import provg.ops as o; print('backends', o.available_backends())" 2>&1 | tee -a "$OUT/summary.txt"
 
-log "GPU tests"
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_mask_to_box.py 2>&1 | tee "$OUT/pytest.log" | tail -5 \
-  | tee -a "$OUT/summary.txt"
-
-log "mask_to_box benchmark"
-python3 benchmarks/bench_mask_to_box.py 2>&1 | tee -a "$OUT/summary.txt"
-cp benchmarks/results/mask_to_box.csv "$OUT/" 2>/dev/null
-
-log "model forward timing (GPU)"
-python3 benchmarks/bench_forward.py --text-encoder "${PROVG_TEXT_ENCODER:-all-MiniLM-L6-v2}" --parser naive 2>&1 \
-  | tee -a "$OUT/summary.txt"
-cp benchmarks/results/forward.csv "$OUT/" 2>/dev/null
+for step in $STEPS; do
+  start=$(date +%s)
+  case $step in
+    tests)
+      log "GPU tests"
+      timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_mask_to_box.py \
+        tests/test_gate_backends.py -k "gpu or cuda or mask" 2>&1 | tee "$OUT/pytest.log" | tail -8 \
+        | tee -a "$OUT/summary.txt" ;;
+    mask)
+      log "mask_to_box benchmark"
+      timeout 120 python3 benchmarks/bench_mask_to_box.py 2>&1 | tee -a "$OUT/summary.txt" ;;
+    forward)
+      log "model forward timing (GPU)"
+      timeout 180 python3 benchmarks/bench_forward.py --text-encoder "${PROVG_TEXT_ENCODER:-all-MiniLM-L6-v2}" \
+        --parser naive 2>&1 | tee -a "$OUT/summary.txt" ;;
+    pcm)
+      log "PCM gate benchmark (GPU, B = 8)"
+      timeout ${PCM_TIMEOUT:-300} python3 benchmarks/bench_pcm.py ${PCM_ARGS:---repeat 20} 2>&1 | tee "$OUT/pcm.log" | tail -40 \
+        | tee -a "$OUT/summary.txt" ;;
+  esac
+  log "step $step: $(( $(date +%s) - start )) s"
+done
+cp benchmarks/results/*.csv "$OUT/" 2>/dev/null
 log "done $(date -u)"

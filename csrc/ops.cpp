@@ -4,4 +4,17 @@
 
 TORCH_LIBRARY(provg, m) {
   m.def("mask_to_box(Tensor masks) -> (Tensor boxes, Tensor valid)");
+  // PCM gates (Eq. 1–7): the kernels behind provg.ops.{survey,locate,verify}_gate.
+  m.def("survey_gate_forward(Tensor x, Tensor q, Tensor k, Tensor v, Tensor key_mask, int heads) -> Tensor");
+  m.def(
+      "survey_gate_backward(Tensor grad, Tensor x, Tensor q, Tensor k, Tensor v, Tensor key_mask, int heads) -> "
+      "(Tensor dx, Tensor dq, Tensor dk, Tensor dv)");
+  m.def("locate_gate_forward(Tensor x, Tensor w, Tensor b, Tensor k, Tensor v, Tensor key_mask) -> Tensor");
+  m.def(
+      "locate_gate_backward(Tensor grad, Tensor x, Tensor w, Tensor b, Tensor k, Tensor v, Tensor key_mask) -> "
+      "(Tensor dx, Tensor dw, Tensor db, Tensor dk, Tensor dv)");
+  m.def("verify_gate_forward(Tensor x, Tensor k, Tensor v, Tensor key_mask, Tensor w_q) -> Tensor");
+  m.def(
+      "verify_gate_backward(Tensor grad, Tensor x, Tensor k, Tensor v, Tensor key_mask, Tensor w_q) -> "
+      "(Tensor dx, Tensor dk, Tensor dv, Tensor dw_q)");
 }

@@ -86,6 +86,8 @@ def select_backend(
     implemented: tuple[str, ...],
     preference: dict[str, tuple[str, ...]],
     requested: str | None = None,
+    dtype: torch.dtype | None = None,
+    dtypes: dict[str, tuple[torch.dtype, ...]] | None = None,
 ) -> str:
     """Choose the backend that runs ``op`` on ``device``.
 
@@ -95,13 +97,22 @@ def select_backend(
         implemented: backends this op has ("torch" is always among them).
         preference: device type -> backends to try in order before falling back to "torch".
         requested: the call's ``backend`` argument (None: the environment variable, else automatic).
+        dtype, dtypes: the inputs' dtype and, per backend, the dtypes it supports (all when absent).
     """
+
+    def why(backend: str) -> str:
+        reason = _why_unusable(backend, device)
+        if not reason and dtypes and dtype is not None and backend in dtypes and dtype not in dtypes[backend]:
+            names = ", ".join(str(d).removeprefix("torch.") for d in dtypes[backend])
+            reason = f"the {backend} backend supports {names}, got {str(dtype).removeprefix('torch.')}"
+        return reason
+
     if requested is not None:
         if requested not in BACKENDS:
             raise ValueError(f"{op}: unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
         if requested not in implemented:
             raise ValueError(f"{op} has no {requested!r} backend; it implements {', '.join(implemented)}")
-        reason = _why_unusable(requested, device)
+        reason = why(requested)
         if reason:
             raise RuntimeError(f"{op}: backend {requested!r} was requested but cannot run: {reason}")
         return requested
@@ -110,17 +121,19 @@ def select_backend(
         if forced not in BACKENDS:
             raise ValueError(f"{ENV_VAR}={forced!r} is not a backend; choose one of {', '.join(BACKENDS)}")
         if forced in implemented:
-            reason = _why_unusable(forced, device)
+            reason = why(forced)
             if reason:
                 raise RuntimeError(f"{op}: {ENV_VAR}={forced} cannot run: {reason}")
             return forced
         _log_once(f"{op} has no {forced!r} backend ({ENV_VAR}={forced}); choosing automatically")
+    reasons = []
     for backend in preference.get(device.type, ()):
         if backend not in implemented:
             continue
-        reason = _why_unusable(backend, device)
+        reason = why(backend)
         if not reason:
             return backend
-        _log_once(f"{op}: falling back to the torch reference on {device.type}: {reason}")
-        break
+        reasons.append(f"{backend}: {reason}")
+    if reasons:
+        _log_once(f"{op}: falling back to the torch reference on {device.type} ({'; '.join(reasons)})")
     return "torch"

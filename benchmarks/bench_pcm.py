@@ -1,0 +1,196 @@
+"""Benchmark of the PCM gates (survey, locate, verify): every available backend against the eager
+PyTorch reference and `torch.compile` of the reference, at the stage shapes of DESIGN §5.
+
+Forward, backward and forward+backward medians (ms); GB/s counts the fewest bytes a gate must move
+(each large input read once, each large output written once: survey forward x, q → y; backward
+grad, x, q → dx, dq; locate and verify read x and write y; their backward reads grad, x and writes dx),
+next to a measured copy bandwidth. Prints a table and appends rows to benchmarks/results/pcm.csv.
+
+    python benchmarks/bench_pcm.py                 # CPU: B = 1 and 2, stages 1-2; GPU: B = 8, stages 1-4
+    python benchmarks/bench_pcm.py --stages 1 --batch 1 --ops survey
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import torch
+
+from provg.ops import available_backends, locate_gate, survey_gate, verify_gate
+from provg.ops.locate_gate import locate_gate_reference
+from provg.ops.survey_gate import survey_gate_reference
+from provg.ops.verify_gate import verify_gate_reference
+
+from common import append_csv, median_ms, print_table
+
+STAGES = {1: (120 * 120, 128), 2: (60 * 60, 256), 3: (30 * 30, 512), 4: (15 * 15, 1024)}
+TOKENS, VALID = 20, 15
+# Large tensors read + written per (B·P·C) element: (forward, backward).
+TRAFFIC = {"survey": (3, 5), "locate": (2, 3), "verify": (2, 3)}
+
+
+def make_inputs(op: str, batch: int, positions: int, channels: int, device, dtype) -> tuple[list, list]:
+    """(arguments, which of them need gradients) for one gate call."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+
+    mask = torch.zeros(batch, TOKENS, dtype=torch.bool, device=device)
+    mask[:, :VALID] = True
+    x = rand(batch, positions, channels)
+    if op == "survey":
+        return [
+            x,
+            rand(batch, positions, channels),
+            rand(batch, TOKENS, channels),
+            rand(batch, TOKENS, channels),
+            mask,
+        ], [0, 1, 2, 3]
+    if op == "locate":
+        return [
+            x,
+            rand(channels) / channels**0.5,
+            rand(()),
+            rand(batch, TOKENS),
+            rand(batch, TOKENS),
+            mask,
+        ], [0, 1, 2, 3, 4]
+    return [x, rand(batch, TOKENS), rand(batch, TOKENS), mask, rand(()) * 0.1], [0, 1, 2, 4]
+
+
+def functions(op: str, heads: int = 1):
+    if op == "survey":
+        return (
+            lambda *a, backend=None: survey_gate(*a, heads, backend=backend),
+            lambda *a: survey_gate_reference(*a, heads),
+        )
+    if op == "locate":
+        return locate_gate, locate_gate_reference
+    return verify_gate, verify_gate_reference
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """GB/s of a large copy (bytes read + written)."""
+    n = (256 if device.type == "cuda" else 64) * 2**20 // 4
+    a = torch.empty(n, device=device).uniform_()
+    b = torch.empty_like(a)
+    median, _, _ = median_ms(lambda: b.copy_(a), device, repeat=10)
+    return 2 * a.numel() * 4 / (median / 1000) / 1e9
+
+
+def time_modes(call, args: list, grad_indices: list, device, repeat: int) -> tuple[float, float, float]:
+    """Forward, backward and forward+backward medians (ms)."""
+
+    def with_grad():
+        inputs = [
+            a.detach().requires_grad_(i in grad_indices)
+            if torch.is_tensor(a) and a.is_floating_point()
+            else a
+            for i, a in enumerate(args)
+        ]
+        return inputs, call(*inputs)
+
+    def forward():
+        with torch.no_grad():
+            call(*args)
+
+    _, out = with_grad()
+    upstream = torch.randn_like(out)
+    forward_ms = median_ms(forward, device, repeat=repeat)[0]
+
+    inputs, out = with_grad()
+    leaves = [inputs[i] for i in grad_indices]
+
+    def backward():
+        torch.autograd.grad(out, leaves, upstream, retain_graph=True)
+
+    backward_ms = median_ms(backward, device, repeat=repeat)[0]
+
+    def both():
+        fresh, result = with_grad()
+        torch.autograd.grad(result, [fresh[i] for i in grad_indices], upstream)
+
+    both_ms = median_ms(both, device, repeat=repeat)[0]
+    return forward_ms, backward_ms, both_ms
+
+
+def main() -> None:
+    # The backward is timed on its own with retain_graph=True, which a compiled backward that donates its
+    # buffers refuses.
+    torch._functorch.config.donated_buffer = False
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", nargs="+", default=["survey", "locate", "verify"])
+    parser.add_argument("--stages", nargs="+", type=int, default=None)
+    parser.add_argument("--batch", nargs="+", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    stages = args.stages or ([1, 2, 3, 4] if device.type == "cuda" else [1, 2])
+    batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
+    backends = [b for b in ("cpp", "triton", "cuda") if available_backends()[b]]
+    backends = [b for b in backends if (b == "cpp") == (device.type == "cpu")]
+    copy = copy_bandwidth(device)
+    header = [
+        "op",
+        "stage",
+        "B",
+        "P",
+        "C",
+        "provider",
+        "fwd ms",
+        "bwd ms",
+        "fwd+bwd ms",
+        "fwd GB/s",
+        "fwd % copy",
+        "fwd+bwd vs eager",
+        "fwd+bwd vs compile",
+    ]
+    rows = []
+    for op in args.ops:
+        fused, reference = functions(op)
+        # One compilation per gate for all shapes (dynamic shapes), to keep the benchmark short.
+        compiled = torch.compile(reference, dynamic=True) if not args.no_compile else None
+        for stage in stages:
+            positions, channels = STAGES[stage]
+            for batch in batches:
+                inputs, grads = make_inputs(op, batch, positions, channels, device, dtype)
+                providers = {"eager": reference}
+                if compiled is not None:
+                    providers["compile"] = compiled
+                for backend in backends:
+                    providers[backend] = functools.partial(fused, backend=backend)
+                timings = {
+                    name: time_modes(call, inputs, grads, device, args.repeat)
+                    for name, call in providers.items()
+                }
+                size = batch * positions * channels * inputs[0].element_size()
+                for name, (fwd, bwd, both) in timings.items():
+                    bandwidth = TRAFFIC[op][0] * size / (fwd / 1000) / 1e9
+                    rows.append(
+                        [
+                            op,
+                            stage,
+                            batch,
+                            positions,
+                            channels,
+                            name,
+                            f"{fwd:.3f}",
+                            f"{bwd:.3f}",
+                            f"{both:.3f}",
+                            f"{bandwidth:.1f}",
+                            f"{100 * bandwidth / copy:.0f}%",
+                            f"{timings['eager'][2] / both:.2f}x",
+                            f"{timings['compile'][2] / both:.2f}x" if "compile" in timings else "",
+                        ]
+                    )
+    print_table(f"PCM gates, {args.dtype} (copy bandwidth {copy:.1f} GB/s)", header, rows)
+    print(f"rows appended to {append_csv('pcm', [*header, 'dtype'], [[*r, args.dtype] for r in rows])}")
+
+
+if __name__ == "__main__":
+    main()

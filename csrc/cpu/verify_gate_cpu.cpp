@@ -1,0 +1,198 @@
+// CPU kernels of provg::verify_gate_{forward,backward} (Eq. 5–7). The channel means need every position
+// before any gate is known, so the forward reads x twice (means, then the gated write) and the
+// backward reads grad and x for Σ_p grad·x, then writes dx; the per-channel attention in between is
+// tiny (C × N per batch item).
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../gates.h"
+#include "gate_common.h"
+
+namespace provg {
+namespace {
+
+using namespace cpu;
+
+struct Shape {
+  int64_t batch, positions, channels, keys;
+};
+
+Shape check_verify(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                   const at::Tensor& w_q) {
+  const char* op = "verify_gate";
+  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, P, C), got ", x.sizes());
+  TORCH_CHECK(k.dim() == 2 && k.size(0) == x.size(0), op, ": k must be (B, N), got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), op, ": v must match k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(w_q.numel() == 1, op, ": w_q must be a scalar tensor, got ", w_q.sizes());
+  for (const auto* t : {&k, &v, &w_q})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": all inputs must share x's dtype ", x.scalar_type());
+  check_keys(mask, x.size(0), op);
+  TORCH_CHECK(mask.size(1) == k.size(1), op, ": key_mask has ", mask.size(1), " keys, k has ", k.size(1));
+  return {x.size(0), x.size(1), x.size(2), k.size(1)};
+}
+
+// Per (b, block) partial sums over positions of a[p, c] · (b_ ? b_[p, c] : 1).
+template <typename T>
+at::Tensor column_sums(const T* a, const T* b_, const Shape& s, const at::TensorOptions& options) {
+  const int64_t blocks = num_blocks(s.positions);
+  at::Tensor partials = at::zeros({s.batch, blocks, s.channels}, options);
+  T* out = partials.data_ptr<T>();
+  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / blocks, first = (job % blocks) * kBlock;
+      const int64_t last = std::min(s.positions, first + kBlock);
+      T* acc = out + job * s.channels;
+      for (int64_t p = first; p < last; ++p) {
+        const int64_t row = (b * s.positions + p) * s.channels;
+        if (b_ == nullptr) {
+          axpy(T(1), a + row, acc, s.channels);
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < s.channels; ++c) acc[c] += a[row + c] * b_[row + c];
+        }
+      }
+    }
+  });
+  return reduce_blocks(partials);
+}
+
+// out[b, p, c] = a[b, p, c] · scale[b, c] + shift[b, c] (shift optional).
+template <typename T>
+void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape& s) {
+  const int64_t blocks = num_blocks(s.positions);
+  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / blocks, first = (job % blocks) * kBlock;
+      const int64_t last = std::min(s.positions, first + kBlock);
+      const T* sc = scale + b * s.channels;
+      const T* sh = shift ? shift + b * s.channels : nullptr;
+      for (int64_t p = first; p < last; ++p) {
+        const int64_t row = (b * s.positions + p) * s.channels;
+        if (sh) {
+#pragma omp simd
+          for (int64_t c = 0; c < s.channels; ++c) out[row + c] = a[row + c] * sc[c] + sh[c];
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < s.channels; ++c) out[row + c] = a[row + c] * sc[c];
+        }
+      }
+    }
+  });
+}
+
+// The gate of channel c from its mean; fills the attention weights and returns (gate, query).
+template <typename T>
+T channel_gate(T mean, T w_q, const T* keys, const T* values, const bool* valid, int64_t n_keys, T* scores,
+               T* weights, T* query) {
+  *query = w_q * mean;
+  for (int64_t n = 0; n < n_keys; ++n) scores[n] = valid[n] ? *query * keys[n] : T(0);
+  masked_softmax(scores, valid, n_keys, weights);
+  T attention = T(0);
+  for (int64_t n = 0; n < n_keys; ++n) attention += weights[n] * values[n];
+  return sigmoid(attention);
+}
+
+}  // namespace
+
+at::Tensor verify_gate_forward_cpu(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& mask, const at::Tensor& w_q) {
+  const Shape s = check_verify(x, k, v, mask, w_q);
+  auto xc = x.contiguous(), kc = k.contiguous(), vc = v.contiguous(), mc = mask.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "verify_gate_forward_cpu", [&] {
+    using T = scalar_t;
+    const T* xp = xc.const_data_ptr<T>();
+    at::Tensor sums = column_sums<T>(xp, nullptr, s, xc.options());
+    at::Tensor gate = at::empty({s.batch, s.channels}, xc.options());
+    const T wq = w_q.item<T>();
+    const T* sp = sums.const_data_ptr<T>();
+    T* gp = gate.data_ptr<T>();
+    at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scores(s.keys), weights(s.keys);
+      for (int64_t b = begin; b < end; ++b)
+        for (int64_t c = 0; c < s.channels; ++c) {
+          T query;
+          gp[b * s.channels + c] =
+              channel_gate(sp[b * s.channels + c] / T(s.positions), wq, kc.const_data_ptr<T>() + b * s.keys,
+                           vc.const_data_ptr<T>() + b * s.keys, mc.const_data_ptr<bool>() + b * s.keys, s.keys,
+                           scores.data(), weights.data(), &query);
+        }
+    });
+    scale_rows<T>(xp, gp, nullptr, y.data_ptr<T>(), s);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_gate_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+    const at::Tensor& w_q) {
+  const Shape s = check_verify(x, k, v, mask, w_q);
+  TORCH_CHECK(grad.sizes() == x.sizes(), "verify_gate: grad must match x");
+  auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), kc = k.contiguous();
+  auto vc = v.contiguous(), mc = mask.contiguous();
+  at::Tensor dx = at::empty_like(xc);
+  at::Tensor dk = at::zeros({s.batch, s.keys}, xc.options());
+  at::Tensor dv = at::zeros({s.batch, s.keys}, xc.options());
+  at::Tensor dwq = at::zeros({s.batch}, xc.options());
+  if (x.numel() == 0) return {dx, dk, dv, dwq.sum().reshape(w_q.sizes())};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "verify_gate_backward_cpu", [&] {
+    using T = scalar_t;
+    const T* xp = xc.const_data_ptr<T>();
+    const T* gp = gc.const_data_ptr<T>();
+    at::Tensor sums = column_sums<T>(xp, nullptr, s, xc.options());
+    at::Tensor products = column_sums<T>(gp, xp, s, xc.options());  // Σ_p grad · x per channel
+    at::Tensor gate = at::empty({s.batch, s.channels}, xc.options());
+    at::Tensor shift = at::empty({s.batch, s.channels}, xc.options());  // dmean / P
+    const T wq = w_q.item<T>();
+    const T inverse_p = T(1) / T(s.positions);
+    at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scores(s.keys), weights(s.keys), dweights(s.keys), dscores(s.keys);
+      for (int64_t b = begin; b < end; ++b) {
+        const T* keys = kc.const_data_ptr<T>() + b * s.keys;
+        const T* values = vc.const_data_ptr<T>() + b * s.keys;
+        const bool* valid = mc.const_data_ptr<bool>() + b * s.keys;
+        T* dkb = dk.data_ptr<T>() + b * s.keys;
+        T* dvb = dv.data_ptr<T>() + b * s.keys;
+        T dwq_b = T(0);
+        for (int64_t c = 0; c < s.channels; ++c) {
+          const int64_t i = b * s.channels + c;
+          const T mean = sums.const_data_ptr<T>()[i] * inverse_p;
+          T query;
+          const T g = channel_gate(mean, wq, keys, values, valid, s.keys, scores.data(), weights.data(), &query);
+          const T dattention = products.const_data_ptr<T>()[i] * g * (T(1) - g);
+          for (int64_t n = 0; n < s.keys; ++n) {
+            dweights[n] = valid[n] ? dattention * values[n] : T(0);
+            dvb[n] += weights[n] * dattention;
+          }
+          softmax_backward(weights.data(), dweights.data(), s.keys, dscores.data());
+          T dquery = T(0);
+          for (int64_t n = 0; n < s.keys; ++n) {
+            dquery += dscores[n] * keys[n];
+            dkb[n] += dscores[n] * query;
+          }
+          gate.data_ptr<T>()[i] = g;
+          shift.data_ptr<T>()[i] = wq * dquery * inverse_p;
+          dwq_b += dquery * mean;
+        }
+        dwq.data_ptr<T>()[b] = dwq_b;
+      }
+    });
+    scale_rows<T>(gp, gate.const_data_ptr<T>(), shift.const_data_ptr<T>(), dx.data_ptr<T>(), s);
+  });
+  at::Tensor dwq_total = at::zeros({}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "verify_gate_dwq", [&] {
+    scalar_t total = 0;
+    for (int64_t b = 0; b < s.batch; ++b) total += dwq.const_data_ptr<scalar_t>()[b];
+    dwq_total.fill_(total);
+  });
+  return {dx, dk, dv, dwq_total.reshape(w_q.sizes())};
+}
+
+TORCH_LIBRARY_IMPL(provg, CPU, m) {
+  m.impl("verify_gate_forward", &verify_gate_forward_cpu);
+  m.impl("verify_gate_backward", &verify_gate_backward_cpu);
+}
+
+}  // namespace provg

@@ -1,0 +1,102 @@
+// Shared pieces of the CUDA gate kernels: warp reductions, the masked softmax over at most MAX_N keys
+// held in registers, and a column reduction over blocks of positions (per-block partials: no atomics,
+// deterministic).
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/types.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace provg {
+namespace cuda {
+
+constexpr int kWarp = 32;
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 256;  // positions per column-reduction block
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T value) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+template <typename T>
+__device__ __forceinline__ T sigmoid(T a) {
+  return T(1) / (T(1) + exp(-a));
+}
+
+// In place: scores[0..n) → softmax over valid keys; all zero when none is valid.
+template <typename T, int MAX_N>
+__device__ __forceinline__ void masked_softmax(T (&s)[MAX_N], const bool* valid, int n) {
+  T top = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < MAX_N; ++i)
+    if (i < n && valid[i] && s[i] > top) top = s[i];
+  const bool any = top != -INFINITY;
+  T total = T(0);
+#pragma unroll
+  for (int i = 0; i < MAX_N; ++i) {
+    s[i] = (i < n && valid[i] && any) ? exp(s[i] - top) : T(0);
+    total += s[i];
+  }
+  const T inverse = total > T(0) ? T(1) / total : T(0);
+#pragma unroll
+  for (int i = 0; i < MAX_N; ++i) s[i] *= inverse;
+}
+
+// out[b, chunk, c] = Σ_{p in chunk} weight[b, p] · a[b, p, c] · factor[b, p, c]  (weight, factor optional)
+template <typename scalar_t, typename acc_t>
+__global__ void column_sums_kernel(const scalar_t* __restrict__ a,       // (B, P, C)
+                                   const scalar_t* __restrict__ factor,  // (B, P, C) or null
+                                   const acc_t* __restrict__ weight,     // (B, P) or null
+                                   acc_t* __restrict__ out,              // (B, chunks, C)
+                                   int64_t P, int64_t C, int64_t chunks) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  if (c >= C) return;
+  const int64_t first = chunk * kChunk;
+  const int64_t last = min(P, first + kChunk);
+  acc_t acc = acc_t(0);
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t i = (b * P + p) * C + c;
+    acc_t term = static_cast<acc_t>(a[i]);
+    if (factor) term *= static_cast<acc_t>(factor[i]);
+    if (weight) term *= weight[b * P + p];
+    acc += term;
+  }
+  out[(b * chunks + chunk) * C + c] = acc;
+}
+
+// (B, P, C) tensors a (and factor) → Σ over positions, (B, C) in the accumulation dtype.
+inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, const at::Tensor* weight) {
+  const int64_t B = a.size(0), P = a.size(1), C = a.size(2);
+  const int64_t chunks = std::max<int64_t>(1, (P + kChunk - 1) / kChunk);
+  const auto acc_type = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partial = at::zeros({B, chunks, C}, a.options().dtype(acc_type));
+  if (a.numel() == 0) return partial.sum(1);
+  const dim3 grid((C + kThreads - 1) / kThreads, chunks, B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "column_sums", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    column_sums_kernel<scalar_t, acc_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        a.const_data_ptr<scalar_t>(), factor ? factor->const_data_ptr<scalar_t>() : nullptr,
+        weight ? weight->const_data_ptr<acc_t>() : nullptr, partial.data_ptr<acc_t>(), P, C, chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return partial.sum(1);
+}
+
+inline int64_t warp_blocks(int64_t warps) {
+  const int64_t per_block = kThreads / kWarp;
+  return (warps + per_block - 1) / per_block;
+}
+
+}  // namespace cuda
+}  // namespace provg

@@ -1,0 +1,87 @@
+"""Registers a fused gate as a pair of `torch.library` operators with autograd.
+
+For a gate ``provg::<name>(inputs..., str backend) -> Tensor`` this defines the forward operator and
+``provg::<name>_grad(Tensor grad, inputs..., str backend) -> (grads...)``, gives both fake (meta)
+kernels so `torch.compile(fullgraph=True)` traces through them, and wires the backward operator as
+the forward's autograd formula. The ``backend`` argument picks the kernels ("cpp", "cuda", "triton");
+the PyTorch reference never goes through these operators.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["FusedGate"]
+
+_ARG = re.compile(r"\s*(Tensor|int|float)\s+(\w+)\s*")
+
+
+class FusedGate:
+    """A gate operator with kernels per backend.
+
+    Args:
+        name: operator name in the ``provg`` namespace.
+        schema: the inputs, e.g. ``"Tensor x, Tensor k, Tensor v, Tensor key_mask, Tensor w_q"``.
+        differentiable: names of the inputs that receive gradients, in the backward's output order.
+        forward: ``forward(backend, *inputs) -> Tensor``.
+        backward: ``backward(backend, grad, *inputs) -> tuple of gradients`` (``differentiable`` order).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        schema: str,
+        differentiable: Sequence[str],
+        forward: Callable[..., Tensor],
+        backward: Callable[..., tuple[Tensor, ...]],
+    ) -> None:
+        arguments = [_ARG.fullmatch(part).groups() for part in schema.split(",")]
+        self.names = [n for _, n in arguments]
+        self.differentiable = list(differentiable)
+        outputs = ", ".join(f"Tensor d{n}" for n in differentiable)
+        qualified = f"provg::{name}"
+        torch.library.define(qualified, f"({schema}, str backend) -> Tensor")
+        torch.library.define(f"{qualified}_grad", f"(Tensor grad, {schema}, str backend) -> ({outputs})")
+        self.op = getattr(torch.ops.provg, name).default
+        self.backward_op = getattr(torch.ops.provg, f"{name}_grad").default
+
+        @torch.library.impl(qualified, "default")
+        def _forward(*args):
+            *inputs, backend = args
+            return forward(backend, *inputs)
+
+        @torch.library.impl(f"{qualified}_grad", "default")
+        def _backward(grad, *args):
+            *inputs, backend = args
+            return tuple(backward(backend, grad, *inputs))
+
+        @torch.library.register_fake(qualified)
+        def _forward_fake(*args):
+            x = args[0]
+            return x.new_empty(x.shape)
+
+        @torch.library.register_fake(f"{qualified}_grad")
+        def _backward_fake(grad, *args):
+            by_name = dict(zip(self.names, args))
+            return tuple(by_name[n].new_empty(by_name[n].shape) for n in self.differentiable)
+
+        def setup_context(ctx, inputs, output):
+            *tensors, backend = inputs
+            ctx.save_for_backward(*[t for t in tensors if isinstance(t, Tensor)])
+            ctx.others = [None if isinstance(t, Tensor) else t for t in tensors]
+            ctx.backend = backend
+
+        def autograd_backward(ctx, grad):
+            saved = iter(ctx.saved_tensors)
+            inputs = [next(saved) if other is None else other for other in ctx.others]
+            grads = dict(zip(self.differentiable, self.backward_op(grad, *inputs, ctx.backend)))
+            return (*(grads.get(n) for n in self.names), None)
+
+        torch.library.register_autograd(qualified, autograd_backward, setup_context=setup_context)
+
+    def __call__(self, *inputs, backend: str) -> Tensor:
+        return self.op(*inputs, backend)

@@ -1,0 +1,56 @@
+"""What the three gate operators share: input checks, kernel lookup per backend, backend choice."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor
+
+from ._backend import select_backend
+
+__all__ = ["GATE_BACKENDS", "GATE_DTYPES", "check_keys", "choose_backend", "kernels", "promote"]
+
+GATE_BACKENDS = ("torch", "cpp", "triton", "cuda")
+_PREFERENCE = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
+_FLOAT = (torch.float32, torch.float64)
+_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+GATE_DTYPES = {"torch": _ALL, "cpp": _FLOAT, "cuda": _ALL, "triton": _ALL}
+
+
+def check_keys(op: str, x: Tensor, key_mask: Tensor, keys: Tensor) -> None:
+    """Shared checks: x is (B, P, C) floating point; key_mask is (B, N) bool matching the keys."""
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"{op}: x must be a (B, P, C) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    if key_mask.dtype != torch.bool:
+        raise TypeError(f"{op}: key_mask must be bool (True = a valid token), got {key_mask.dtype}")
+    if key_mask.dim() != 2 or key_mask.shape[0] != x.shape[0] or key_mask.shape[1] != keys.shape[1]:
+        raise ValueError(
+            f"{op}: key_mask must be (B, N) = ({x.shape[0]}, {keys.shape[1]}), got {tuple(key_mask.shape)}"
+        )
+    for tensor in (keys, key_mask):
+        if tensor.device != x.device:
+            raise ValueError(f"{op}: all inputs must be on {x.device}, got one on {tensor.device}")
+
+
+def promote(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Floating inputs in their common dtype (as PyTorch's own ops promote, e.g. under autocast)."""
+    floating = [t for t in tensors if t.is_floating_point()]
+    dtype = floating[0].dtype
+    for t in floating[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
+
+
+def choose_backend(op: str, x: Tensor, backend: str | None) -> str:
+    return select_backend(op, x.device, GATE_BACKENDS, _PREFERENCE, backend, x.dtype, GATE_DTYPES)
+
+
+def kernels(op: str, backend: str):
+    """(forward, backward) callables of ``op``'s kernels for ``backend`` ("cpp", "cuda" or "triton")."""
+    if backend == "triton":
+        module = importlib.import_module(f"provg.ops.triton.{op}")
+        return module.forward, module.backward
+    return getattr(torch.ops.provg, f"{op}_forward"), getattr(torch.ops.provg, f"{op}_backward")

@@ -1,0 +1,47 @@
+"""Triton building blocks shared by the gate kernels: a matrix product that falls back to
+multiply-and-sum where ``tl.dot`` cannot run (float64, tiny tiles), the masked row softmax, launch
+helpers."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["acc_dtype", "masked_softmax_rows", "matmul", "next_power_of_2", "use_dot"]
+
+
+@triton.jit
+def matmul(a, b, USE_DOT: tl.constexpr):
+    """(M, K) @ (K, N) in the accumulation dtype of ``a``."""
+    if USE_DOT:
+        # NOTE: "ieee" keeps full float32 precision (tf32 would cost ~3 significant digits).
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+
+
+@triton.jit
+def masked_softmax_rows(scores, valid):
+    """Softmax of each row of ``scores`` over the columns where ``valid`` (a row vector) is true;
+    a row with no valid column is all zeros."""
+    scores = tl.where(valid[None, :], scores, float("-inf"))
+    top = tl.max(scores, axis=1)
+    # NOTE: a fully masked row has top = -inf; shifting by 0 instead keeps exp() finite (and zero).
+    top = tl.where(top == float("-inf"), 0.0, top)
+    e = tl.where(valid[None, :], tl.exp(scores - top[:, None]), 0.0)
+    total = tl.sum(e, axis=1)
+    return e / tl.where(total == 0.0, 1.0, total)[:, None]
+
+
+def acc_dtype(dtype: torch.dtype):
+    """float64 accumulates in float64, everything else in float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def use_dot(dtype: torch.dtype, *dims: int) -> bool:
+    """``tl.dot`` for float32-or-narrower inputs with tiles of at least 16; float64 multiplies and sums."""
+    return dtype != torch.float64 and min(dims) >= 16
+
+
+def next_power_of_2(n: int, minimum: int = 1) -> int:
+    return max(minimum, triton.next_power_of_2(max(n, 1)))

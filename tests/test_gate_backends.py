@@ -1,0 +1,234 @@
+"""The fused PCM gate backends (cpp, triton, cuda) against the PyTorch reference: values and gradients
+on odd shapes, float64 gradcheck with all-masked rows, torch.library.opcheck, torch.compile, backend
+selection, and the model with fused ops against the reference model."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import pytest
+import torch
+
+import provg
+from provg.ops import _backend, available_backends, locate_gate, survey_gate, verify_gate
+from provg.ops.locate_gate import locate_gate_reference
+from provg.ops.survey_gate import survey_gate_reference
+from provg.ops.verify_gate import verify_gate_reference
+
+AVAILABLE = available_backends()
+# Triton runs on CPU tensors only in its interpreter (tests set TRITON_INTERPRET=1 without a GPU).
+CPU_BACKENDS = [
+    b
+    for b in ("cpp", "triton")
+    if AVAILABLE[b] and (b != "triton" or os.environ.get("TRITON_INTERPRET") == "1")
+]
+GPU_BACKENDS = [b for b in ("triton", "cuda") if AVAILABLE[b] and torch.cuda.is_available()]
+# (B, P, C, N, heads): single and odd sizes, P not a multiple of any block, C not a power of two.
+SHAPES = [(1, 1, 1, 1, 1), (2, 7, 5, 3, 1), (3, 97, 12, 7, 3), (1, 130, 33, 20, 1), (2, 65, 96, 1, 2)]
+
+
+def make(op: str, shape, dtype, device="cpu", seed=0):
+    batch, positions, channels, keys, heads = shape
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    mask = torch.rand(batch, keys, generator=g) > 0.3
+    mask[0] = False  # an all-masked row
+    if batch > 1:
+        mask[1, 0] = True
+    mask = mask.to(device)
+    x = rand(batch, positions, channels)
+    if op == "survey":
+        return (
+            x,
+            rand(batch, positions, channels),
+            rand(batch, keys, channels),
+            rand(batch, keys, channels),
+            mask,
+            heads,
+        ), (0, 1, 2, 3)
+    if op == "locate":
+        return (x, rand(channels), rand(()), rand(batch, keys), rand(batch, keys), mask), (0, 1, 2, 3, 4)
+    return (x, rand(batch, keys), rand(batch, keys), mask, rand(()) * 0.5), (0, 1, 2, 4)
+
+
+FUSED = {"survey": survey_gate, "locate": locate_gate, "verify": verify_gate}
+REFERENCE = {
+    "survey": survey_gate_reference,
+    "locate": locate_gate_reference,
+    "verify": verify_gate_reference,
+}
+
+
+def run(op, args, grad_indices, backend, upstream=None):
+    inputs = [
+        a.detach().clone().requires_grad_(i in grad_indices)
+        if torch.is_tensor(a) and a.is_floating_point()
+        else a
+        for i, a in enumerate(args)
+    ]
+    out = REFERENCE[op](*inputs) if backend == "reference" else FUSED[op](*inputs, backend=backend)
+    if upstream is None:
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        upstream = upstream.to(device=out.device, dtype=out.dtype)
+    grads = torch.autograd.grad(out, [inputs[i] for i in grad_indices], upstream)
+    return out, grads, upstream
+
+
+def relative(a, b):
+    """‖a − b‖ / max(‖b‖, 1): relative, except that gradients which are exactly zero in exact arithmetic
+    (a single key makes every score gradient vanish) are compared with an absolute floor."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1.0)) if b.numel() else 0.0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backend_matches_reference(backend, op, shape, dtype):
+    args, grad_indices = make(op, shape, dtype, seed=sum(shape))
+    out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")
+    out, grads, _ = run(op, args, grad_indices, backend, upstream)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert relative(out, out_ref) <= tolerance
+    for got, want in zip(grads, grads_ref):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert relative(got, want) <= tolerance * 10, relative(got, want)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_gradcheck_float64_with_all_masked_rows(backend, op):
+    args, grad_indices = make(op, (2, 9, 6, 4, 2), torch.float64, seed=7)
+    leaves = [a.detach().clone().requires_grad_() for i, a in enumerate(args) if i in grad_indices]
+
+    def call(*tensors):
+        full = list(args)
+        for i, t in zip(grad_indices, tensors):
+            full[i] = t
+        return FUSED[op](*full, backend=backend)
+
+    assert torch.autograd.gradcheck(call, leaves)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_opcheck_contiguous_and_permuted(backend, op):
+    args, grad_indices = make(op, (2, 12, 8, 5, 2), torch.float32, seed=3)
+    operator = getattr(torch.ops.provg, f"{op}_gate").default
+    inputs = [a.requires_grad_() if i in grad_indices else a for i, a in enumerate(args)]
+    torch.library.opcheck(operator, (*inputs, backend))
+    # Non-contiguous x: a (B, C, P) tensor seen through a transpose.
+    permuted = list(inputs)
+    permuted[0] = args[0].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    assert not permuted[0].is_contiguous()
+    torch.library.opcheck(operator, (*permuted, backend))
+    out = FUSED[op](*permuted, backend=backend)
+    torch.testing.assert_close(out, REFERENCE[op](*permuted), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_batch(backend):
+    for op in ("survey", "locate", "verify"):
+        args, grad_indices = make(op, (2, 5, 4, 3, 1), torch.float32)
+        empty = [a[:0] if torch.is_tensor(a) and a.dim() >= 2 else a for a in args]
+        out, grads, _ = run(op, empty, grad_indices, backend)
+        assert out.shape[0] == 0 and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+def test_compile_fullgraph_pcm_module_with_fused_ops():
+    from provg.models.pcm import PCM
+    from provg.text import LanguageFeatures
+
+    torch.manual_seed(0)
+    pcm = PCM(8, 6, "SLV", heads=2)
+    tokens = torch.randn(2, 5, 6)
+    mask = torch.tensor([[True, True, False, False, False], [False] * 5])
+    language = LanguageFeatures(tokens, mask, tokens, mask, tokens, mask)
+    x = torch.randn(2, 15, 8, requires_grad=True)
+    compiled = torch.compile(pcm, fullgraph=True, backend="aot_eager")
+    out = compiled(x, language)
+    eager = pcm(x, language)
+    torch.testing.assert_close(out, eager)
+    grad_compiled = torch.autograd.grad(out.square().sum(), x)[0]
+    grad_eager = torch.autograd.grad(eager.square().sum(), x)[0]
+    torch.testing.assert_close(grad_compiled, grad_eager)
+
+
+def test_backend_selection_errors_and_fallback(monkeypatch, caplog):
+    args, _ = make("locate", (1, 4, 3, 2, 1), torch.float32)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        locate_gate(*args, backend="fast")
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        locate_gate(*args, backend="cuda")
+    bf16 = [a.to(torch.bfloat16) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    if AVAILABLE["cpp"]:
+        with pytest.raises(RuntimeError, match="supports float32, float64, got bfloat16"):
+            locate_gate(*bf16, backend="cpp")
+    monkeypatch.setattr(_backend, "has_cpp", lambda: False)
+    _backend._log_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="provg.ops"):
+        for _ in range(2):
+            locate_gate(*args)
+    assert sum("locate_gate: falling back" in r.getMessage() for r in caplog.records) == 1
+    _backend._log_once.cache_clear()
+
+
+def test_automatic_choice_is_the_fused_kernel(monkeypatch):
+    if not AVAILABLE["cpp"]:
+        pytest.skip("provg._C not built")
+    module = importlib.import_module("provg.ops.locate_gate")
+    calls = []
+    monkeypatch.setattr(module, "locate_gate_reference", lambda *a: calls.append(1))
+    args, _ = make("locate", (1, 4, 3, 2, 1), torch.float32)
+    locate_gate(*args)
+    assert calls == []  # the cpp kernel ran, not the reference
+    monkeypatch.setenv("PROVG_BACKEND", "torch")
+    locate_gate(*args)
+    assert calls == [1]
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+def test_model_with_fused_ops_matches_reference_model(monkeypatch):
+    torch.manual_seed(0)
+    model = provg.create_model("provg_tiny", image_size=64, parser="naive", pcm_heads=2)
+    images = torch.randn(2, 3, 64, 64)
+    texts = ["the small red ship on the upper left", "a storage tank"]
+
+    def forward_backward():
+        model.zero_grad()
+        out = model(images, texts)
+        (out.boxes.sum() + out.mask_logits.square().mean()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    fused_out, fused_grads = forward_backward()
+    monkeypatch.setenv("PROVG_BACKEND", "torch")
+    ref_out, ref_grads = forward_backward()
+    torch.testing.assert_close(fused_out.boxes, ref_out.boxes, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused_out.mask_logits, ref_out.mask_logits, rtol=1e-4, atol=1e-5)
+    assert fused_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [*SHAPES, (2, 900, 512, 20, 4)])
+def test_gpu_backend_matches_reference(backend, op, dtype, shape):
+    args, grad_indices = make(op, shape, torch.float64, "cuda", seed=sum(shape))
+    cast = [a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")  # float64 on the GPU
+    out, grads, _ = run(op, cast, grad_indices, backend, upstream.to(dtype))
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert relative(out, out_ref) <= tolerance
+    for got, want in zip(grads, grads_ref):
+        assert relative(got, want) <= tolerance * 10
