@@ -29,14 +29,23 @@ def _flag(name: str) -> bool:
 
 
 def _cpu_vector_flags() -> list[str]:
-    """AVX2 + FMA for ATen's Vectorized<> when this machine has them (PROVG_CPU_VECTOR=default opts out)."""
-    if os.environ.get("PROVG_CPU_VECTOR", "auto") == "default":
+    """The widest of AVX-512 / AVX2 (+ FMA) this machine has, for ATen's Vectorized<> in csrc/cpu.
+
+    The extension is built where it runs (pip install from source); PROVG_CPU_VECTOR=default builds
+    portable code instead, =avx2 caps the width at AVX2.
+    """
+    choice = os.environ.get("PROVG_CPU_VECTOR", "auto")
+    if choice == "default":
         return []
     try:
         with open("/proc/cpuinfo") as handle:
             flags = set(handle.read().split())
     except OSError:
         return []
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}
+    if choice != "avx2" and avx512 <= flags:
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
     if {"avx2", "fma"} <= flags:
         return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
     return []

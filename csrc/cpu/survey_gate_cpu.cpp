@@ -1,14 +1,18 @@
-// CPU kernels of provg::survey_gate_{forward,backward} (Eq. 1–2). Work is split into blocks of
-// positions per batch item, run in parallel; per position and head the scores over the few language
-// tokens live in a small buffer. The key/value gradients are summed over positions through per-block
-// partials reduced in block order, so results do not depend on the thread count.
+// CPU kernels of provg::survey_gate_{forward,backward} (Eq. 1–2). Positions are cut into jobs of
+// kChunk positions per batch item, run in parallel, and each job into tiles of kTile positions whose
+// scores, weights and attention stay in L1/L2: per tile and head the attention is a few register-blocked
+// products (tile_gemm.h) around a vectorized masked softmax and a fused sigmoid gate, so x and q are
+// read once and y written once. The key/value gradients are summed over positions through per-job
+// partials reduced in job order, so results do not depend on the thread count.
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../gates.h"
 #include "gate_common.h"
+#include "tile_gemm.h"
 
 namespace provg {
 namespace {
@@ -37,41 +41,132 @@ Shape check_survey(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k
   return {x.size(0), x.size(1), x.size(2), k.size(1), heads, x.size(2) / heads};
 }
 
-// Scores and weights of one position and head.
+constexpr int64_t kTile = 32;    // positions per tile
+constexpr int64_t kChunk = 128;  // positions per job: the unit of work and of the k/v gradient partials
+
+// Per (batch item, head) operands, rows padded to whole vectors with zeros: keys_t = scale·Kᵀ and
+// values_t = Vᵀ (width × keys_pad) for the score products, keys and values (N × width_pad) for the
+// mixing products, and bias (B × keys_pad): 0 for a valid token, −∞ for a masked one or padding.
 template <typename T>
-void attend(const T* q_row, const T* keys, const bool* valid, const Shape& s, int64_t offset, T scale, T* scores,
-            T* weights) {
-  for (int64_t n = 0; n < s.keys; ++n)
-    scores[n] = valid[n] ? scale * dot(q_row + offset, keys + n * s.channels + offset, s.width) : T(0);
-  masked_softmax(scores, valid, s.keys, weights);
+struct Packed {
+  at::Tensor keys_t, values_t, keys, values, bias;
+  int64_t keys_pad, width_pad;
+};
+
+template <typename T>
+Packed<T> pack(const T* k, const T* v, const bool* mask, const Shape& s, T scale, const at::TensorOptions& options) {
+  Packed<T> p;
+  p.keys_pad = padded<T>(s.keys);
+  p.width_pad = padded<T>(s.width);
+  p.keys_t = at::zeros({s.batch, s.heads, s.width, p.keys_pad}, options);
+  p.values_t = at::zeros({s.batch, s.heads, s.width, p.keys_pad}, options);
+  p.keys = at::zeros({s.batch, s.heads, s.keys, p.width_pad}, options);
+  p.values = at::zeros({s.batch, s.heads, s.keys, p.width_pad}, options);
+  p.bias = at::full({s.batch, p.keys_pad}, -std::numeric_limits<T>::infinity(), options);
+  T *kt = p.keys_t.template data_ptr<T>(), *vt = p.values_t.template data_ptr<T>();
+  T *kp = p.keys.template data_ptr<T>(), *vp = p.values.template data_ptr<T>(), *bias = p.bias.template data_ptr<T>();
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t n = 0; n < s.keys; ++n)
+      if (mask[b * s.keys + n]) bias[b * p.keys_pad + n] = T(0);
+    for (int64_t h = 0; h < s.heads; ++h)
+      for (int64_t n = 0; n < s.keys; ++n)
+        for (int64_t c = 0; c < s.width; ++c) {
+          const int64_t in = (b * s.keys + n) * s.channels + h * s.width + c;
+          const int64_t bh = b * s.heads + h;
+          kt[(bh * s.width + c) * p.keys_pad + n] = scale * k[in];
+          vt[(bh * s.width + c) * p.keys_pad + n] = v[in];
+          kp[(bh * s.keys + n) * p.width_pad + c] = k[in];
+          vp[(bh * s.keys + n) * p.width_pad + c] = v[in];
+        }
+  }
+  return p;
+}
+
+// rows[r, :] ← softmax(rows[r, :] + bias), all zero when no token is valid.
+template <typename T>
+void softmax_rows(T* rows, int64_t count, int64_t width, const T* bias) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t S = Vec::size();
+  const T none = -std::numeric_limits<T>::infinity();
+  for (int64_t r = 0; r < count; ++r) {
+    T* row = rows + r * width;
+    Vec top(none);
+    for (int64_t j = 0; j < width; j += S)
+      top = at::vec::maximum(top, Vec::loadu(row + j) + Vec::loadu(bias + j));
+    const T m = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, top);
+    if (m == none) {
+      std::fill(row, row + width, T(0));
+      continue;
+    }
+    Vec total(T(0));
+    for (int64_t j = 0; j < width; j += S) {
+      const Vec e = (Vec::loadu(row + j) + Vec::loadu(bias + j) - Vec(m)).exp();
+      e.store(row + j);
+      total = total + e;
+    }
+    const Vec inverse(T(1) / at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, total));
+    for (int64_t j = 0; j < width; j += S) (Vec::loadu(row + j) * inverse).store(row + j);
+  }
+}
+
+// grads[r, :] ← scale · w ⊙ (g − Σ w·g): the softmax backward, with the score scale folded in.
+template <typename T>
+void softmax_backward_rows(const T* weights, T* grads, int64_t count, int64_t width, T scale) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t S = Vec::size();
+  for (int64_t r = 0; r < count; ++r) {
+    const T* w = weights + r * width;
+    T* g = grads + r * width;
+    Vec acc(T(0));
+    for (int64_t j = 0; j < width; j += S) acc = at::vec::fmadd(Vec::loadu(w + j), Vec::loadu(g + j), acc);
+    const Vec dot(at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc));
+    for (int64_t j = 0; j < width; j += S)
+      (Vec::loadu(w + j) * (Vec::loadu(g + j) - dot) * Vec(scale)).store(g + j);
+  }
 }
 
 template <typename T>
-void mix(const T* weights, const T* values, const Shape& s, int64_t offset, T* out) {
-  for (int64_t c = 0; c < s.width; ++c) out[c] = T(0);
-  for (int64_t n = 0; n < s.keys; ++n)
-    if (weights[n] != T(0)) axpy(weights[n], values + n * s.channels + offset, out, s.width);
+inline at::vec::Vectorized<T> sigmoid_vec(const at::vec::Vectorized<T>& a) {
+  using Vec = at::vec::Vectorized<T>;
+  // NOTE: exp_u20 is accurate to ~20 ulp, far inside the 1e-5 relative error budget of float32.
+  return Vec(T(1)) / (Vec(T(1)) + a.neg().exp_u20());
+}
+
+// The attention of one tile of positions and one head: fills weights (rows × keys_pad) and attention
+// (rows × width_pad, zero in the padding columns).
+template <typename T>
+void attend_tile(const T* q_tile, int64_t rows, int64_t b, int64_t h, const Packed<T>& p, const Shape& s,
+                 T* weights, T* attention) {
+  const int64_t bh = b * s.heads + h;
+  tile_gemm<T>(rows, p.keys_pad, s.width, q_tile, s.channels, 1,
+               p.keys_t.template const_data_ptr<T>() + bh * s.width * p.keys_pad, p.keys_pad, weights, p.keys_pad,
+               false);
+  softmax_rows<T>(weights, rows, p.keys_pad, p.bias.template const_data_ptr<T>() + b * p.keys_pad);
+  tile_gemm<T>(rows, p.width_pad, s.keys, weights, p.keys_pad, 1,
+               p.values.template const_data_ptr<T>() + bh * s.keys * p.width_pad, p.width_pad, attention,
+               p.width_pad, false);
 }
 
 template <typename T>
-void forward_kernel(const T* x, const T* q, const T* k, const T* v, const bool* mask, T* y, const Shape& s) {
-  const T scale = T(1) / std::sqrt(T(s.width));
-  const int64_t blocks = num_blocks(s.positions);
-  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scores(s.keys), weights(s.keys), attention(s.width);
+void forward_kernel(const T* x, const T* q, const Packed<T>& p, T* y, const Shape& s) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t S = Vec::size();
+  const int64_t chunks = (s.positions + kChunk - 1) / kChunk;
+  at::parallel_for(0, s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> weights(kTile * p.keys_pad), attention(kTile * p.width_pad);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks, first = (job % blocks) * kBlock;
-      const int64_t last = std::min(s.positions, first + kBlock);
-      const T* keys = k + b * s.keys * s.channels;
-      const T* values = v + b * s.keys * s.channels;
-      const bool* valid = mask + b * s.keys;
-      for (int64_t p = first; p < last; ++p) {
-        const int64_t row = (b * s.positions + p) * s.channels;
+      const int64_t b = job / chunks, chunk_end = std::min(s.positions, (job % chunks + 1) * kChunk);
+      for (int64_t first = (job % chunks) * kChunk; first < chunk_end; first += kTile) {
+        const int64_t rows = std::min(kTile, chunk_end - first);
         for (int64_t h = 0; h < s.heads; ++h) {
-          const int64_t offset = h * s.width;
-          attend(q + row, keys, valid, s, offset, scale, scores.data(), weights.data());
-          mix(weights.data(), values, s, offset, attention.data());
-          gate_apply(x + row + offset, attention.data(), y + row + offset, static_cast<T*>(nullptr), s.width);
+          const int64_t base = (b * s.positions + first) * s.channels + h * s.width;
+          attend_tile(q + base, rows, b, h, p, s, weights.data(), attention.data());
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < s.width; c += S) {
+              const int64_t n = std::min(S, s.width - c), at = base + r * s.channels + c;
+              const Vec g = sigmoid_vec(Vec::loadu(attention.data() + r * p.width_pad + c));
+              (Vec::loadu(x + at, n) * g).store(y + at, n);
+            }
         }
       }
     }
@@ -79,54 +174,87 @@ void forward_kernel(const T* x, const T* q, const T* k, const T* v, const bool* 
 }
 
 template <typename T>
-void backward_kernel(const T* grad, const T* x, const T* q, const T* k, const T* v, const bool* mask, T* dx,
-                     T* dq, T* dk_blocks, T* dv_blocks, const Shape& s) {
-  const T scale = T(1) / std::sqrt(T(s.width));
-  const int64_t blocks = num_blocks(s.positions);
-  const int64_t kv = s.keys * s.channels;
-  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scores(s.keys), weights(s.keys), dweights(s.keys), dscores(s.keys);
-    std::vector<T> attention(s.width), gate(s.width), dattention(s.width);
+void backward_kernel(const T* grad, const T* x, const T* q, const Packed<T>& p, T* dx, T* dq, T* dk_jobs,
+                     T* dv_jobs, const Shape& s, T scale) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t S = Vec::size();
+  const int64_t chunks = (s.positions + kChunk - 1) / kChunk;
+  const int64_t part = s.keys * p.width_pad;  // one head's k or v partial
+  // With whole-vector head slices q is read and dq written in place; otherwise through padded tiles.
+  const bool in_place = s.width == p.width_pad;
+  at::parallel_for(0, s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> weights(kTile * p.keys_pad), dscores(kTile * p.keys_pad), dattention(kTile * p.width_pad);
+    std::vector<T> q_tile(in_place ? 0 : kTile * p.width_pad), dq_tile(in_place ? 0 : kTile * p.width_pad);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks, block = job % blocks, first = block * kBlock;
-      const int64_t last = std::min(s.positions, first + kBlock);
-      const T* keys = k + b * kv;
-      const T* values = v + b * kv;
-      const bool* valid = mask + b * s.keys;
-      T* dk = dk_blocks + job * kv;
-      T* dv = dv_blocks + job * kv;
-      std::fill(dk, dk + kv, T(0));
-      std::fill(dv, dv + kv, T(0));
-      for (int64_t p = first; p < last; ++p) {
-        const int64_t row = (b * s.positions + p) * s.channels;
+      const int64_t b = job / chunks, chunk_end = std::min(s.positions, (job % chunks + 1) * kChunk);
+      std::fill(dk_jobs + job * s.heads * part, dk_jobs + (job + 1) * s.heads * part, T(0));
+      std::fill(dv_jobs + job * s.heads * part, dv_jobs + (job + 1) * s.heads * part, T(0));
+      for (int64_t first = (job % chunks) * kChunk; first < chunk_end; first += kTile) {
+        const int64_t rows = std::min(kTile, chunk_end - first);
         for (int64_t h = 0; h < s.heads; ++h) {
-          const int64_t offset = h * s.width;
-          const T* g_row = grad + row + offset;
-          const T* x_row = x + row + offset;
-          attend(q + row, keys, valid, s, offset, scale, scores.data(), weights.data());
-          mix(weights.data(), values, s, offset, attention.data());
-          gate_apply(x_row, attention.data(), dattention.data(), gate.data(), s.width);  // dattention: scratch
-          for (int64_t c = 0; c < s.width; ++c) {
-            const T g = gate[c];
-            dx[row + offset + c] = g_row[c] * g;
-            dattention[c] = g_row[c] * x_row[c] * g * (T(1) - g);
+          const int64_t bh = b * s.heads + h;
+          const int64_t base = (b * s.positions + first) * s.channels + h * s.width;
+          attend_tile(q + base, rows, b, h, p, s, weights.data(), dattention.data());
+          // The gate: dx = grad·σ(A), dA = grad·x·σ'(A) (zero in the padding columns).
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < s.width; c += S) {
+              const int64_t n = std::min(S, s.width - c), at = base + r * s.channels + c;
+              T* da = dattention.data() + r * p.width_pad + c;
+              const Vec g = sigmoid_vec(Vec::loadu(da));
+              const Vec up = Vec::loadu(grad + at, n);
+              (up * g).store(dx + at, n);
+              (up * Vec::loadu(x + at, n) * g * (Vec(T(1)) - g)).store(da);
+            }
+          // dW = dA·Vᵀ, then dS = scale · W ⊙ (dW − Σ W·dW).
+          tile_gemm<T>(rows, p.keys_pad, s.width, dattention.data(), p.width_pad, 1,
+                       p.values_t.template const_data_ptr<T>() + bh * s.width * p.keys_pad, p.keys_pad,
+                       dscores.data(), p.keys_pad, false);
+          softmax_backward_rows<T>(weights.data(), dscores.data(), rows, p.keys_pad, scale);
+          // dq = dS·K; dv += Wᵀ·dA; dk += dSᵀ·q.
+          const T* q_rows = q + base;
+          int64_t q_stride = s.channels;
+          if (!in_place) {
+            std::fill(q_tile.begin(), q_tile.end(), T(0));
+            for (int64_t r = 0; r < rows; ++r)
+              std::copy(q + base + r * s.channels, q + base + r * s.channels + s.width, q_tile.data() + r * p.width_pad);
+            q_rows = q_tile.data();
+            q_stride = p.width_pad;
           }
-          for (int64_t n = 0; n < s.keys; ++n) {
-            dweights[n] = valid[n] ? dot(dattention.data(), values + n * s.channels + offset, s.width) : T(0);
-            if (weights[n] != T(0)) axpy(weights[n], dattention.data(), dv + n * s.channels + offset, s.width);
-          }
-          softmax_backward(weights.data(), dweights.data(), s.keys, dscores.data());
-          T* dq_row = dq + row + offset;
-          for (int64_t c = 0; c < s.width; ++c) dq_row[c] = T(0);
-          for (int64_t n = 0; n < s.keys; ++n) {
-            if (dscores[n] == T(0)) continue;
-            axpy(scale * dscores[n], keys + n * s.channels + offset, dq_row, s.width);
-            axpy(scale * dscores[n], q + row + offset, dk + n * s.channels + offset, s.width);
-          }
+          T* dq_rows = in_place ? dq + base : dq_tile.data();
+          tile_gemm<T>(rows, p.width_pad, s.keys, dscores.data(), p.keys_pad, 1,
+                       p.keys.template const_data_ptr<T>() + bh * s.keys * p.width_pad, p.width_pad, dq_rows,
+                       in_place ? s.channels : p.width_pad, false);
+          if (!in_place)
+            for (int64_t r = 0; r < rows; ++r)
+              std::copy(dq_rows + r * p.width_pad, dq_rows + r * p.width_pad + s.width, dq + base + r * s.channels);
+          T* dv = dv_jobs + (job * s.heads + h) * part;
+          T* dk = dk_jobs + (job * s.heads + h) * part;
+          tile_gemm<T>(s.keys, p.width_pad, rows, weights.data(), 1, p.keys_pad, dattention.data(), p.width_pad, dv,
+                       p.width_pad, true);
+          tile_gemm<T>(s.keys, p.width_pad, rows, dscores.data(), 1, p.keys_pad, q_rows, q_stride, dk, p.width_pad,
+                       true);
         }
       }
     }
   });
+}
+
+// (B, jobs, heads, N, width_pad) partials → (B, N, C), summed in job order.
+template <typename T>
+at::Tensor reduce_jobs(const T* partials, int64_t jobs, const Shape& s, int64_t width_pad,
+                       const at::TensorOptions& options) {
+  at::Tensor out = at::zeros({s.batch, s.keys, s.channels}, options);
+  T* o = out.data_ptr<T>();
+  at::parallel_for(0, s.batch * s.keys, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / s.keys, n = row % s.keys;
+      for (int64_t job = 0; job < jobs; ++job)
+        for (int64_t h = 0; h < s.heads; ++h)
+          axpy(T(1), partials + (((b * jobs + job) * s.heads + h) * s.keys + n) * width_pad,
+               o + row * s.channels + h * s.width, s.width);
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -139,9 +267,11 @@ at::Tensor survey_gate_forward_cpu(const at::Tensor& x, const at::Tensor& q, con
   at::Tensor y = at::empty_like(xc);
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "survey_gate_forward_cpu", [&] {
-    forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-                             kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
-                             mc.const_data_ptr<bool>(), y.data_ptr<scalar_t>(), s);
+    const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(s.width));
+    const Packed<scalar_t> p = pack<scalar_t>(kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
+                                              mc.const_data_ptr<bool>(), s, scale, xc.options());
+    forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), p,
+                             y.data_ptr<scalar_t>(), s);
   });
   return y;
 }
@@ -154,19 +284,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), qc = q.contiguous();
   auto kc = k.contiguous(), vc = v.contiguous(), mc = mask.contiguous();
   at::Tensor dx = at::empty_like(xc), dq = at::empty_like(qc);
-  const int64_t blocks = num_blocks(s.positions);
-  at::Tensor dk_blocks = at::empty({s.batch, blocks, s.keys, s.channels}, xc.options());
-  at::Tensor dv_blocks = at::empty({s.batch, blocks, s.keys, s.channels}, xc.options());
-  if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "survey_gate_backward_cpu", [&] {
-      backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                                qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(),
-                                vc.const_data_ptr<scalar_t>(), mc.const_data_ptr<bool>(), dx.data_ptr<scalar_t>(),
-                                dq.data_ptr<scalar_t>(), dk_blocks.data_ptr<scalar_t>(),
-                                dv_blocks.data_ptr<scalar_t>(), s);
-    });
-  }
-  return {dx, dq, reduce_blocks(dk_blocks), reduce_blocks(dv_blocks)};
+  if (x.numel() == 0) return {dx, dq, at::zeros_like(kc), at::zeros_like(vc)};
+  at::Tensor dk, dv;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "survey_gate_backward_cpu", [&] {
+    using T = scalar_t;
+    const T scale = T(1) / std::sqrt(T(s.width));
+    const Packed<T> p = pack<T>(kc.const_data_ptr<T>(), vc.const_data_ptr<T>(), mc.const_data_ptr<bool>(), s,
+                                scale, xc.options());
+    const int64_t jobs = (s.positions + kChunk - 1) / kChunk;
+    at::Tensor dk_jobs = at::empty({s.batch, jobs, s.heads, s.keys, p.width_pad}, xc.options());
+    at::Tensor dv_jobs = at::empty({s.batch, jobs, s.heads, s.keys, p.width_pad}, xc.options());
+    backward_kernel<T>(gc.const_data_ptr<T>(), xc.const_data_ptr<T>(), qc.const_data_ptr<T>(), p,
+                       dx.data_ptr<T>(), dq.data_ptr<T>(), dk_jobs.data_ptr<T>(), dv_jobs.data_ptr<T>(), s, scale);
+    dk = reduce_jobs<T>(dk_jobs.const_data_ptr<T>(), jobs, s, p.width_pad, xc.options());
+    dv = reduce_jobs<T>(dv_jobs.const_data_ptr<T>(), jobs, s, p.width_pad, xc.options());
+  });
+  return {dx, dq, dk, dv};
 }
 
 TORCH_LIBRARY_IMPL(provg, CPU, m) {
