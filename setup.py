@@ -44,8 +44,15 @@ def _cpu_vector_flags() -> list[str]:
         return []
     avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}
     if choice != "avx2" and avx512 <= flags:
-        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
-                "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
+        return [
+            "-mavx512f",
+            "-mavx512bw",
+            "-mavx512vl",
+            "-mavx512dq",
+            "-mfma",
+            "-DCPU_CAPABILITY_AVX512",
+            "-DCPU_CAPABILITY=AVX512",
+        ]
     if {"avx2", "fma"} <= flags:
         return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
     return []
