@@ -22,7 +22,7 @@ from provg.ops.locate_gate import locate_gate_reference
 from provg.ops.survey_gate import survey_gate_reference
 from provg.ops.verify_gate import verify_gate_reference
 
-from common import append_csv, median_ms, print_table
+from common import append_csv, interleaved_ms, median_ms, print_table
 
 STAGES = {1: (120 * 120, 128), 2: (60 * 60, 256), 3: (30 * 30, 512), 4: (15 * 15, 1024)}
 TOKENS, VALID = 20, 15
@@ -80,8 +80,8 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * a.numel() * 4 / (median / 1000) / 1e9
 
 
-def time_modes(call, args: list, grad_indices: list, device, repeat: int) -> tuple[float, float, float]:
-    """Forward, backward and forward+backward medians (ms)."""
+def mode_calls(call, args: list, grad_indices: list) -> dict[str, object]:
+    """Callables timing one provider's forward, backward (of a retained graph) and forward+backward."""
 
     def with_grad():
         inputs = [
@@ -96,24 +96,28 @@ def time_modes(call, args: list, grad_indices: list, device, repeat: int) -> tup
         with torch.no_grad():
             call(*args)
 
-    _, out = with_grad()
-    upstream = torch.randn_like(out)
-    forward_ms = median_ms(forward, device, repeat=repeat)[0]
-
     inputs, out = with_grad()
+    upstream = torch.randn_like(out)
     leaves = [inputs[i] for i in grad_indices]
 
     def backward():
         torch.autograd.grad(out, leaves, upstream, retain_graph=True)
 
-    backward_ms = median_ms(backward, device, repeat=repeat)[0]
-
     def both():
         fresh, result = with_grad()
         torch.autograd.grad(result, [fresh[i] for i in grad_indices], upstream)
 
-    both_ms = median_ms(both, device, repeat=repeat)[0]
-    return forward_ms, backward_ms, both_ms
+    return {"fwd": forward, "bwd": backward, "both": both}
+
+
+def time_providers(providers: dict, args: list, grad_indices: list, device, repeat: int) -> dict:
+    """{provider: (forward, backward, forward+backward) medians in ms}, each mode timed interleaved."""
+    calls = {name: mode_calls(call, args, grad_indices) for name, call in providers.items()}
+    medians = {
+        mode: interleaved_ms({name: c[mode] for name, c in calls.items()}, device, repeat=repeat)
+        for mode in ("fwd", "bwd", "both")
+    }
+    return {name: tuple(medians[mode][name][0] for mode in ("fwd", "bwd", "both")) for name in providers}
 
 
 def main() -> None:
@@ -125,7 +129,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", type=int, default=None)
     parser.add_argument("--batch", nargs="+", type=int, default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,10 +168,7 @@ def main() -> None:
                     providers["compile"] = compiled
                 for backend in backends:
                     providers[backend] = functools.partial(fused, backend=backend)
-                timings = {
-                    name: time_modes(call, inputs, grads, device, args.repeat)
-                    for name, call in providers.items()
-                }
+                timings = time_providers(providers, inputs, grads, device, args.repeat)
                 size = batch * positions * channels * inputs[0].element_size()
                 for name, (fwd, bwd, both) in timings.items():
                     bandwidth = TRAFFIC[op][0] * size / (fwd / 1000) / 1e9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import gc
 import os
 import platform
 import statistics
@@ -38,27 +39,53 @@ def versions() -> str:
     return f"torch {torch.__version__}, provg {provg.__version__}, cuda {cuda}, python {python}"
 
 
+def _time_once(function: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        function()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    begin = time.perf_counter()
+    function()
+    return 1000 * (time.perf_counter() - begin)
+
+
 def median_ms(
     function: Callable[[], object], device: torch.device, warmup: int = 3, repeat: int = 15
 ) -> tuple[float, float, float]:
     """Median, 20th and 80th percentile of ``repeat`` timed calls, in milliseconds."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+    return interleaved_ms({"f": function}, device, warmup, repeat)["f"]
+
+
+def interleaved_ms(
+    functions: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3, repeat: int = 15
+) -> dict[str, tuple[float, float, float]]:
+    """Median, 20th and 80th percentile (ms) of each function, timed in round-robin rounds.
+
+    Interleaving keeps slow drifts of a shared machine (other tenants, frequency, memory state) from
+    favouring whichever function happened to run first; Python's garbage collector is paused while timing.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
             function()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            function()
-            times.append(1000 * (time.perf_counter() - begin))
-    quantiles = statistics.quantiles(times, n=5)
-    return statistics.median(times), quantiles[0], quantiles[-1]
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for name, function in functions.items():
+                times[name].append(_time_once(function, device))
+    finally:
+        if collecting:
+            gc.enable()
+    result = {}
+    for name, values in times.items():
+        quantiles = statistics.quantiles(values, n=5) if len(values) > 1 else [values[0]] * 4
+        result[name] = (statistics.median(values), quantiles[0], quantiles[-1])
+    return result
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:

@@ -1,12 +1,17 @@
-// CPU kernels of provg::locate_gate_{forward,backward} (Eq. 3–4). Each position reads its row of x
-// once: the scalar query x·w + b, the attention over the spatial-cue tokens and the gated row all come
-// from it. Gradients of k, v, w and b are summed over positions through per-block partials.
+// CPU kernels of provg::locate_gate_{forward,backward} (Eq. 3–4). Per block of positions, the scalar
+// queries x·w + b come from one read of each row, the attention over the spatial-cue tokens is
+// vectorized across positions (one exp per token for a whole vector of positions), and the gated rows
+// are written while the block is still in cache. Gradients of k, v, w and b are summed over positions
+// through per-block partials.
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "../gates.h"
 #include "gate_common.h"
+#include "tile_gemm.h"
 
 namespace provg {
 namespace {
@@ -33,33 +38,81 @@ Shape check_locate(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   return {x.size(0), x.size(1), x.size(2), k.size(1)};
 }
 
-// The gate of one position; fills the attention weights.
+// The attention over the spatial-cue tokens, vectorized across positions: for `count` scalar queries,
+// gate[p] = σ(Σ_n w_pn v_n) with w_p = masked softmax(query_p · k). With `grads`, also the backward
+// for those positions: given gx[p] = Σ_c grad·x, it writes dquery[p] and adds each key's dk and dv
+// contributions, lane by lane, to dk_lanes / dv_lanes (N × vector size).
 template <typename T>
-T position_gate(const T* x_row, const T* w, T bias, const T* keys, const T* values, const bool* valid,
-                const Shape& s, T* scores, T* weights, T* query) {
-  *query = dot(x_row, w, s.channels) + bias;
-  for (int64_t n = 0; n < s.keys; ++n) scores[n] = valid[n] ? *query * keys[n] : T(0);
-  masked_softmax(scores, valid, s.keys, weights);
-  T attention = T(0);
-  for (int64_t n = 0; n < s.keys; ++n) attention += weights[n] * values[n];
-  return sigmoid(attention);
+struct Attention {
+  const T* keys;
+  const T* values;
+  const bool* valid;
+  int64_t count;
+};
+
+template <typename T>
+void position_gates(const T* query, int64_t count, const Attention<T>& a, T* gate, const T* gx, T* dquery,
+                    T* exps, T* dk_lanes, T* dv_lanes) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t S = Vec::size();
+  const bool any = std::any_of(a.valid, a.valid + a.count, [](bool v) { return v; });
+  for (int64_t p = 0; p < count; p += S) {
+    const int64_t lanes = std::min(S, count - p);
+    if (!any) {  // attention 0: gate 1/2, and no gradient reaches the query, keys or values
+      Vec(T(0.5)).store(gate + p, lanes);
+      if (dquery) Vec(T(0)).store(dquery + p, lanes);
+      continue;
+    }
+    const Vec q = Vec::loadu(query + p, lanes);
+    Vec top(-std::numeric_limits<T>::infinity());
+    for (int64_t n = 0; n < a.count; ++n)
+      if (a.valid[n]) top = at::vec::maximum(top, q * Vec(a.keys[n]));
+    Vec total(T(0)), mixed(T(0));
+    for (int64_t n = 0; n < a.count; ++n) {
+      if (!a.valid[n]) continue;
+      const Vec e = (q * Vec(a.keys[n]) - top).exp();
+      if (exps) e.store(exps + n * S);
+      total = total + e;
+      mixed = at::vec::fmadd(e, Vec(a.values[n]), mixed);
+    }
+    const Vec inverse = Vec(T(1)) / total;
+    const Vec attention = mixed * inverse;
+    const Vec g = Vec(T(1)) / (Vec(T(1)) + attention.neg().exp());
+    g.store(gate + p, lanes);
+    if (!dquery) continue;
+    // dA = (Σ_c grad·x)·σ'(A); dscore_n = w_n·dA·(v_n − A); dquery = Σ_n dscore_n·k_n.
+    const Vec da = Vec::loadu(gx + p, lanes) * g * (Vec(T(1)) - g);  // zero in unused lanes
+    Vec dq(T(0));
+    for (int64_t n = 0; n < a.count; ++n) {
+      if (!a.valid[n]) continue;
+      const Vec w = Vec::loadu(exps + n * S) * inverse;
+      const Vec ds = w * da * (Vec(a.values[n]) - attention);
+      dq = at::vec::fmadd(ds, Vec(a.keys[n]), dq);
+      at::vec::fmadd(ds, q, Vec::loadu(dk_lanes + n * S)).store(dk_lanes + n * S);
+      at::vec::fmadd(w, da, Vec::loadu(dv_lanes + n * S)).store(dv_lanes + n * S);
+    }
+    dq.store(dquery + p, lanes);
+  }
 }
 
 template <typename T>
 void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, const bool* mask, T* y, const Shape& s) {
   const int64_t blocks = num_blocks(s.positions);
   at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scores(s.keys), weights(s.keys);
+    T query[kBlock], gate[kBlock];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / blocks, first = (job % blocks) * kBlock;
-      const int64_t last = std::min(s.positions, first + kBlock);
-      for (int64_t p = first; p < last; ++p) {
-        const int64_t row = (b * s.positions + p) * s.channels;
-        T query;
-        const T g = position_gate(x + row, w, bias, k + b * s.keys, v + b * s.keys, mask + b * s.keys, s,
-                                  scores.data(), weights.data(), &query);
+      const int64_t count = std::min(s.positions, first + kBlock) - first;
+      const T* x_block = x + (b * s.positions + first) * s.channels;
+      for (int64_t p = 0; p < count; ++p) query[p] = dot(x_block + p * s.channels, w, s.channels) + bias;
+      const Attention<T> a{k + b * s.keys, v + b * s.keys, mask + b * s.keys, s.keys};
+      position_gates<T>(query, count, a, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
+      T* y_block = y + (b * s.positions + first) * s.channels;
+      for (int64_t p = 0; p < count; ++p) {
+        const T* x_row = x_block + p * s.channels;
+        T* y_row = y_block + p * s.channels;
 #pragma omp simd
-        for (int64_t c = 0; c < s.channels; ++c) y[row + c] = x[row + c] * g;
+        for (int64_t c = 0; c < s.channels; ++c) y_row[c] = x_row[c] * gate[p];
       }
     }
   });
@@ -68,44 +121,45 @@ void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, cons
 template <typename T>
 void backward_kernel(const T* grad, const T* x, const T* w, T bias, const T* k, const T* v, const bool* mask,
                      T* dx, T* dk_blocks, T* dv_blocks, T* dw_blocks, T* db_blocks, const Shape& s) {
+  constexpr int64_t S = vector_size<T>();
   const int64_t blocks = num_blocks(s.positions);
   at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scores(s.keys), weights(s.keys), dweights(s.keys), dscores(s.keys);
+    T query[kBlock], gate[kBlock], gx[kBlock], dquery[kBlock];
+    std::vector<T> exps(s.keys * S), dk_lanes(s.keys * S), dv_lanes(s.keys * S);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / blocks, first = (job % blocks) * kBlock;
-      const int64_t last = std::min(s.positions, first + kBlock);
-      const T* keys = k + b * s.keys;
-      const T* values = v + b * s.keys;
-      const bool* valid = mask + b * s.keys;
-      T* dk = dk_blocks + job * s.keys;
-      T* dv = dv_blocks + job * s.keys;
+      const int64_t count = std::min(s.positions, first + kBlock) - first;
+      const int64_t offset = (b * s.positions + first) * s.channels;
+      for (int64_t p = 0; p < count; ++p) {
+        const T* x_row = x + offset + p * s.channels;
+        query[p] = dot(x_row, w, s.channels) + bias;
+        gx[p] = dot(grad + offset + p * s.channels, x_row, s.channels);
+      }
+      std::fill(dk_lanes.begin(), dk_lanes.end(), T(0));
+      std::fill(dv_lanes.begin(), dv_lanes.end(), T(0));
+      const Attention<T> a{k + b * s.keys, v + b * s.keys, mask + b * s.keys, s.keys};
+      position_gates<T>(query, count, a, gate, gx, dquery, exps.data(), dk_lanes.data(), dv_lanes.data());
+      for (int64_t n = 0; n < s.keys; ++n) {
+        T dk = T(0), dv = T(0);
+        for (int64_t lane = 0; lane < S; ++lane) {
+          dk += dk_lanes[n * S + lane];
+          dv += dv_lanes[n * S + lane];
+        }
+        dk_blocks[job * s.keys + n] = dk;
+        dv_blocks[job * s.keys + n] = dv;
+      }
       T* dw = dw_blocks + job * s.channels;
-      std::fill(dk, dk + s.keys, T(0));
-      std::fill(dv, dv + s.keys, T(0));
       std::fill(dw, dw + s.channels, T(0));
       T db = T(0);
-      for (int64_t p = first; p < last; ++p) {
-        const int64_t row = (b * s.positions + p) * s.channels;
-        const T* x_row = x + row;
-        const T* g_row = grad + row;
-        T query;
-        const T g = position_gate(x_row, w, bias, keys, values, valid, s, scores.data(), weights.data(), &query);
-        const T dattention = dot(g_row, x_row, s.channels) * g * (T(1) - g);
-        for (int64_t n = 0; n < s.keys; ++n) {
-          dweights[n] = valid[n] ? dattention * values[n] : T(0);
-          dv[n] += weights[n] * dattention;
-        }
-        softmax_backward(weights.data(), dweights.data(), s.keys, dscores.data());
-        T dquery = T(0);
-        for (int64_t n = 0; n < s.keys; ++n) {
-          dquery += dscores[n] * keys[n];
-          dk[n] += dscores[n] * query;
-        }
-        T* dx_row = dx + row;
+      for (int64_t p = 0; p < count; ++p) {
+        const T* x_row = x + offset + p * s.channels;
+        const T* g_row = grad + offset + p * s.channels;
+        T* dx_row = dx + offset + p * s.channels;
+        const T g = gate[p], dq = dquery[p];
 #pragma omp simd
-        for (int64_t c = 0; c < s.channels; ++c) dx_row[c] = g_row[c] * g + dquery * w[c];
-        axpy(dquery, x_row, dw, s.channels);
-        db += dquery;
+        for (int64_t c = 0; c < s.channels; ++c) dx_row[c] = g_row[c] * g + dq * w[c];
+        axpy(dq, x_row, dw, s.channels);
+        db += dq;
       }
       db_blocks[job] = db;
     }

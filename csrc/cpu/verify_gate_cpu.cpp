@@ -1,9 +1,11 @@
 // CPU kernels of provg::verify_gate_{forward,backward} (Eq. 5–7). The channel means need every position
 // before any gate is known, so the forward reads x twice (means, then the gated write) and the
-// backward reads grad and x for Σ_p grad·x, then writes dx; the per-channel attention in between is
-// tiny (C × N per batch item).
+// backward reads grad and x once (for Σ_p x and Σ_p grad·x), then grad again to write dx; the
+// per-channel attention in between is tiny (C × N per batch item).
 #include <torch/library.h>
 
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../gates.h"
@@ -32,29 +34,33 @@ Shape check_verify(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v
   return {x.size(0), x.size(1), x.size(2), k.size(1)};
 }
 
-// Per (b, block) partial sums over positions of a[p, c] · (b_ ? b_[p, c] : 1).
+// Per-channel sums over positions, through per-(b, block) partials: Σ_p x[p, c] and, when ``grad`` is
+// given, Σ_p grad[p, c]·x[p, c] in the same read of x. Returns (B, C) tensors.
 template <typename T>
-at::Tensor column_sums(const T* a, const T* b_, const Shape& s, const at::TensorOptions& options) {
+std::pair<at::Tensor, at::Tensor> column_sums(const T* x, const T* grad, const Shape& s,
+                                              const at::TensorOptions& options) {
   const int64_t blocks = num_blocks(s.positions);
-  at::Tensor partials = at::zeros({s.batch, blocks, s.channels}, options);
-  T* out = partials.data_ptr<T>();
+  at::Tensor sums = at::zeros({s.batch, blocks, s.channels}, options);
+  at::Tensor products = at::zeros({grad ? s.batch : 0, blocks, s.channels}, options);
+  T* sum_out = sums.data_ptr<T>();
+  T* product_out = products.data_ptr<T>();
   at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / blocks, first = (job % blocks) * kBlock;
       const int64_t last = std::min(s.positions, first + kBlock);
-      T* acc = out + job * s.channels;
+      T* acc = sum_out + job * s.channels;
+      T* product = grad ? product_out + job * s.channels : nullptr;
       for (int64_t p = first; p < last; ++p) {
         const int64_t row = (b * s.positions + p) * s.channels;
-        if (b_ == nullptr) {
-          axpy(T(1), a + row, acc, s.channels);
-        } else {
+        axpy(T(1), x + row, acc, s.channels);
+        if (product) {
 #pragma omp simd
-          for (int64_t c = 0; c < s.channels; ++c) acc[c] += a[row + c] * b_[row + c];
+          for (int64_t c = 0; c < s.channels; ++c) product[c] += grad[row + c] * x[row + c];
         }
       }
     }
   });
-  return reduce_blocks(partials);
+  return {reduce_blocks(sums), grad ? reduce_blocks(products) : products};
 }
 
 // out[b, p, c] = a[b, p, c] · scale[b, c] + shift[b, c] (shift optional).
@@ -104,7 +110,7 @@ at::Tensor verify_gate_forward_cpu(const at::Tensor& x, const at::Tensor& k, con
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "verify_gate_forward_cpu", [&] {
     using T = scalar_t;
     const T* xp = xc.const_data_ptr<T>();
-    at::Tensor sums = column_sums<T>(xp, nullptr, s, xc.options());
+    const at::Tensor sums = column_sums<T>(xp, nullptr, s, xc.options()).first;
     at::Tensor gate = at::empty({s.batch, s.channels}, xc.options());
     const T wq = w_q.item<T>();
     const T* sp = sums.const_data_ptr<T>();
@@ -141,8 +147,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_gate_backward_
     using T = scalar_t;
     const T* xp = xc.const_data_ptr<T>();
     const T* gp = gc.const_data_ptr<T>();
-    at::Tensor sums = column_sums<T>(xp, nullptr, s, xc.options());
-    at::Tensor products = column_sums<T>(gp, xp, s, xc.options());  // Σ_p grad · x per channel
+    at::Tensor sums, products;  // Σ_p x and Σ_p grad·x per channel
+    std::tie(sums, products) = column_sums<T>(xp, gp, s, xc.options());
     at::Tensor gate = at::empty({s.batch, s.channels}, xc.options());
     at::Tensor shift = at::empty({s.batch, s.channels}, xc.options());  // dmean / P
     const T wq = w_q.item<T>();
