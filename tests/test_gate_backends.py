@@ -161,6 +161,34 @@ def test_compile_fullgraph_pcm_module_with_fused_ops():
     torch.testing.assert_close(grad_compiled, grad_eager)
 
 
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+def test_compile_whole_model_vision_path_has_fused_ops_and_no_graph_break():
+    torch.manual_seed(0)
+    model = provg.create_model("provg_tiny", image_size=64, parser="naive", pcm_heads=2)
+    images = torch.randn(2, 3, 64, 64)
+    language = model.encode_text(["the small red ship on the upper left", "a storage tank"])
+    explained = torch._dynamo.explain(model.ground)(images, language)
+    assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
+    targets = [str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"]
+    fused = [t for t in targets if t.startswith("provg.")]
+    stages = len(model.pcm)
+    assert sorted(fused) == sorted(
+        [f"provg.{g}_gate.default" for g in ("survey", "locate", "verify")] * stages
+    )
+
+    compiled = torch.compile(model.ground, fullgraph=True, backend="aot_eager")
+    out, eager = compiled(images, language), model.ground(images, language)
+    torch.testing.assert_close(out.mask_logits, eager.mask_logits)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out.mask_logits.square().mean() + out.boxes.sum(), params, allow_unused=True)
+    expected = torch.autograd.grad(
+        eager.mask_logits.square().mean() + eager.boxes.sum(), params, allow_unused=True
+    )
+    for g, e in zip(grads, expected):
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
 def test_backend_selection_errors_and_fallback(monkeypatch, caplog):
     args, _ = make("locate", (1, 4, 3, 2, 1), torch.float32)
     with pytest.raises(ValueError, match="unknown backend 'fast'"):

@@ -165,7 +165,11 @@ class ProVG(nn.Module):
     ) -> GroundingOutput:
         """Ground ``expressions`` in ``images``; ``decompositions`` bypass the parser (e.g. gold ones)."""
         self._check_inputs(images, expressions)
-        language = self.encode_text(expressions, decompositions)
+        return self.ground(images, self.encode_text(expressions, decompositions))
+
+    def ground(self, images: Tensor, language: LanguageFeatures) -> GroundingOutput:
+        """The vision path of `forward` for already-encoded expressions: tensors only, so it compiles
+        into one graph (``torch.compile(model.ground, fullgraph=True)``) with the fused PCM ops inside."""
         stages = self.backbone(
             images,
             hook=lambda index, tokens, size: self.pcm[index](tokens, language, size),
