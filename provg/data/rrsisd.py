@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from .base import SPLITS, GroundingDataset, Record, check_option
+from .io import image_size, load_image
 from .safe_pickle import load_plain_pickle
 from .segmentation import decode_segmentation
 
-__all__ = ["RRSISD", "SPLITS"]
+# NOTE: load_image lives in provg.data.io; it stays importable from here for existing callers.
+__all__ = ["RRSISD", "SPLITS", "fit_mask", "load_image"]
 
-SPLITS = ("train", "val", "test")
 _MISMATCH = ("pad", "resize", "error")
 
 
@@ -37,18 +38,6 @@ def _read_json(path: Path) -> Any:
         raise FileNotFoundError(f"annotation file not found: {path}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
-
-
-def load_image(path: Path) -> torch.Tensor:
-    """An RGB image as a 3×H×W float tensor in [0, 1]."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as error:
-        raise ValueError(f"{path}: cannot decode image ({error})") from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
 def fit_mask(
@@ -71,7 +60,7 @@ def fit_mask(
     return np.asarray(resized) > 0, (width / mask.shape[1], height / mask.shape[0])
 
 
-class RRSISD(Dataset):
+class RRSISD(GroundingDataset):
     """RRSIS-D samples of one split: dicts with ``image``, ``text``, ``box``, ``mask`` and ids.
 
     Args:
@@ -82,6 +71,8 @@ class RRSISD(Dataset):
         refs_file: name of the refs pickle inside ``rrsisd/``.
     """
 
+    name = "rrsisd"
+
     def __init__(
         self,
         root: str | Path,
@@ -90,13 +81,8 @@ class RRSISD(Dataset):
         size_mismatch: str = "pad",
         refs_file: str = "refs(unc).p",
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if size_mismatch not in _MISMATCH:
-            raise ValueError(f"size_mismatch must be one of {_MISMATCH}, got {size_mismatch!r}")
-        self.root = Path(root)
-        self.split = split
-        self.transform = transform
+        super().__init__(root, split, transform)
+        check_option("size_mismatch", size_mismatch, _MISMATCH)
         self.size_mismatch = size_mismatch
         self.image_dir = self.root / "images" / "rrsisd" / "JPEGImages"
         refs_path = self.root / "rrsisd" / refs_file
@@ -114,7 +100,7 @@ class RRSISD(Dataset):
         for ann in instances["annotations"]:
             self._by_image.setdefault(ann["image_id"], []).append(ann)
         self.categories = {cat["id"]: cat["name"] for cat in instances["categories"]}
-        self.samples: list[tuple[dict, dict]] = []
+        self.samples: list[tuple[dict, dict]] = self.entries
         for index, ref in enumerate(refs):
             missing = {"ref_id", "ann_id", "image_id", "split", "sentences"} - set(ref)
             if missing:
@@ -137,9 +123,6 @@ class RRSISD(Dataset):
                     )
                 self.samples.append((ref, sentence))
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def image_path(self, ref: dict) -> Path:
         entry = self.images.get(ref["image_id"])
         file_name = ref.get("file_name") or (entry or {}).get("file_name")
@@ -149,7 +132,7 @@ class RRSISD(Dataset):
 
     def _target(
         self, annotation: dict, image_id: Any, height: int, width: int, source: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[tuple[float, float, float, float], np.ndarray]:
         """Box (xyxy pixels) and mask (H×W bool) of ``annotation`` in an image of ``height``×``width``."""
         entry = self.images.get(image_id, {})
         mask = decode_segmentation(
@@ -160,27 +143,21 @@ class RRSISD(Dataset):
         )
         mask, (sx, sy) = fit_mask(mask, height, width, self.size_mismatch, source)
         x, y, w, h = (float(v) for v in annotation["bbox"])
-        box = torch.tensor([x * sx, y * sy, (x + w) * sx, (y + h) * sy], dtype=torch.float32)
-        return box, torch.from_numpy(mask)
+        return (x * sx, y * sy, (x + w) * sx, (y + h) * sy), mask
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> Record:
         ref, sentence = self.samples[index]
         image_path = self.image_path(ref)
-        image = load_image(image_path)
         annotation = self.annotations[ref["ann_id"]]
-        box, mask = self._target(annotation, ref["image_id"], *image.shape[-2:], str(image_path))
-        sample = {
-            "image": image,
-            "text": sentence.get("sent", sentence.get("raw")),
-            "box": box,
-            "mask": mask,
+        box, mask = self._target(annotation, ref["image_id"], *image_size(image_path), str(image_path))
+        ids = {
             "ref_id": ref["ref_id"],
             "sent_id": sentence.get("sent_id"),
             "image_id": ref["image_id"],
             "ann_id": ref["ann_id"],
             "category": self.categories.get(ref.get("category_id", annotation.get("category_id")), ""),
         }
-        return self.transform(sample) if self.transform is not None else sample
+        return Record(image_path, sentence.get("sent", sentence.get("raw")), box, mask, ids)
 
     def category_instances(self, index: int) -> list[dict[str, Any]]:
         """Every object of sample ``index``'s category in its image, as transformed samples (``box``,
@@ -194,6 +171,11 @@ class RRSISD(Dataset):
             if annotation["category_id"] != category:
                 continue
             box, mask = self._target(annotation, ref["image_id"], *image.shape[-2:], str(image_path))
-            sample = {"image": image, "box": box, "mask": mask, "ann_id": annotation["id"]}
+            sample = {
+                "image": image,
+                "box": torch.tensor(box, dtype=torch.float32),
+                "mask": torch.from_numpy(mask),
+                "ann_id": annotation["id"],
+            }
             instances.append(self.transform(sample) if self.transform is not None else sample)
         return instances

@@ -45,17 +45,25 @@ class Compose:
 class Resize:
     """Resize to ``size`` (int: square, or (H, W)); image bilinear (antialiased), mask nearest, box scaled.
 
-    The original size is kept in ``sample["original_size"]`` so predictions can be mapped back.
+    The original size is kept in ``sample["original_size"]`` so predictions can be mapped back. With
+    ``keep_original`` the sample also keeps ``original_box`` (xyxy in original pixels) and, when it has a
+    mask, ``original_mask`` (original H×W bool): the targets for evaluating at the original resolution
+    rather than at the network input (DESIGN §3).
     """
 
-    def __init__(self, size: int | tuple[int, int]) -> None:
+    def __init__(self, size: int | tuple[int, int], keep_original: bool = False) -> None:
         self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.keep_original = keep_original
 
     def __call__(self, sample: Sample) -> Sample:
         image = sample["image"]
         height, width = image.shape[-2:]
         out = dict(sample)
         out.setdefault("original_size", (height, width))
+        if self.keep_original:
+            out.setdefault("original_box", sample["box"])
+            if "mask" in sample:
+                out.setdefault("original_mask", sample["mask"])
         if (height, width) == self.size:
             return out
         out["image"] = F.interpolate(
@@ -73,7 +81,7 @@ class Resize:
         return out
 
     def __repr__(self) -> str:
-        return f"Resize({self.size})"
+        return f"Resize({self.size}, keep_original=True)" if self.keep_original else f"Resize({self.size})"
 
 
 class Normalize:
@@ -101,6 +109,9 @@ def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> to
     return (image * std_t + mean_t).clamp(0, 1)
 
 
-def model_transform(image_size: int) -> Compose:
-    """The network-input transform: resize to ``image_size`` square, then normalize."""
-    return Compose([Resize(image_size), Normalize()])
+def model_transform(image_size: int, keep_original: bool = False) -> Compose:
+    """The network-input transform: resize to ``image_size`` square, then normalize.
+
+    ``keep_original`` keeps the original-resolution box and mask in each sample (see `Resize`).
+    """
+    return Compose([Resize(image_size, keep_original=keep_original), Normalize()])
