@@ -57,6 +57,7 @@ def _run(site: Path, code: str) -> subprocess.CompletedProcess:
 def test_installed_layout_has_no_generic_top_level_packages(installed):
     assert (installed / "provg" / "parsers" / "__init__.py").is_file()
     assert (installed / "provg" / "configs" / "synthrs_tiny.yaml").is_file()
+    assert (installed / "provg" / "configs" / "ablations" / "table4_no_cfm.yaml").is_file()
     assert not (installed / "parsers").exists()
     assert not (installed / "configs").exists()
     result = _run(installed, "import parsers")
@@ -73,6 +74,7 @@ def test_installed_parsers_import_and_parse(installed):
         "assert 'torch' not in sys.modules\n"
         "import provg.configs\n"
         "print(provg.configs.path('synthrs_tiny'))\n"
+        "assert provg.configs.path('ablations/table1_pcm_global').is_file()\n"
     )
     result = _run(installed, code)
     assert result.returncode == 0, result.stderr
