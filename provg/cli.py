@@ -1,9 +1,13 @@
-"""Command line: ``provg demo``, ``provg train CONFIG [--set key=value ...]``, ``provg parse TEXT``."""
+"""Command line: ``provg demo``, ``provg train CONFIG [--set key=value ...] [--resume]``,
+``provg eval CONFIG --checkpoint PATH``, ``provg predict`` / ``provg explain --checkpoint PATH --image
+PATH --text TEXT``, ``provg parse TEXT``. ``train`` and ``eval`` run data-parallel under ``torchrun``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -21,27 +25,101 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
+def _write_json(path: Path, document: dict) -> None:
+    from provg.files import atomic_write_text
 
-    from provg.data import collate, load_dataset
-    from provg.engine import evaluate, load_config, train
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def _test_metrics(config, model, distributed, split: str, progress: bool) -> dict[str, float]:
+    from provg.data import load_dataset
+    from provg.engine.evaluate import evaluate_dataset
+
+    options = dict(config.dataset_options)
+    if config.eval_resolution == "original":
+        options["keep_original"] = True
+    dataset = load_dataset(
+        config.dataset, config.data_root, split, image_size=model.config.image_size, **options
+    )
+    return evaluate_dataset(
+        model,
+        dataset,
+        config.eval_batch_size,
+        distributed.device,
+        distributed,
+        config.gold_decompositions,
+        progress,
+        split,
+        config.eval_resolution,
+        config.num_workers,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from provg.engine import load_config, train
+    from provg.engine.distributed import setup_distributed
     from provg.metrics import metric_table
 
     config = load_config(args.config, args.set)
-    result = train(config, progress=not args.no_progress)
-    model = result.model
-    test_set = load_dataset(
-        config.dataset,
-        config.data_root,
-        config.test_split,
-        image_size=model.config.image_size,
-        **config.dataset_options,
-    )
-    loader = DataLoader(test_set, batch_size=config.eval_batch_size, collate_fn=collate)
-    device = next(model.parameters()).device
-    metrics = evaluate(model, loader, device, config.gold_decompositions, not args.no_progress, "test")
-    print(metric_table({f"ProVG {config.model}": metrics}))
+    resume = None if args.resume is None else (args.resume or config.out_dir)
+    result = train(config, progress=not args.no_progress, resume=resume)
+    distributed = setup_distributed(config.device)
+    metrics = _test_metrics(config, result.model, distributed, config.test_split, not args.no_progress)
+    if distributed.main:
+        print(f"test split '{config.test_split}', best epoch {result.best_epoch} ({config.out_dir}/best):")
+        print(metric_table({f"ProVG {config.model}": metrics}))
+        _write_json(Path(config.out_dir) / "test_metrics.json", {"split": config.test_split, **metrics})
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from provg.engine import load_config
+    from provg.engine.checkpoint import load_checkpoint_model
+    from provg.engine.distributed import setup_distributed
+    from provg.metrics import metric_table
+
+    config = load_config(args.config, args.set)
+    distributed = setup_distributed(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = load_checkpoint_model(args.checkpoint, distributed.device)
+    split = args.split or config.test_split
+    metrics = _test_metrics(config, model, distributed, split, not args.no_progress)
+    if distributed.main:
+        print(f"{args.checkpoint} on {config.dataset} '{split}' ({config.eval_resolution} resolution):")
+        print(metric_table({f"ProVG {model.config.backbone}": metrics}))
+        if args.out:
+            _write_json(Path(args.out), {"checkpoint": str(args.checkpoint), "split": split, **metrics})
+    return 0
+
+
+def _load_for_inference(args: argparse.Namespace):
+    from provg.engine.checkpoint import load_checkpoint_model
+    from provg.engine.trainer import resolve_device
+
+    overrides = {"parser": args.parser} if args.parser else {}
+    return load_checkpoint_model(args.checkpoint, resolve_device(args.device), **overrides)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from provg.engine.inference import predict_image, save_prediction_files
+
+    model = _load_for_inference(args)
+    prediction = predict_image(model, args.image, args.text)
+    document = save_prediction_files(prediction, args.out, str(args.image))
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from provg.engine.explain import explain_image
+
+    model = _load_for_inference(args)
+    written = explain_image(model, args.image, args.text, args.out)
+    for name, path in written.items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -97,11 +175,48 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(run=_demo)
 
-    train = commands.add_parser("train", help="train from a YAML config, then evaluate on its test split")
+    train = commands.add_parser(
+        "train", help="train from a YAML config, then evaluate its best checkpoint on the test split"
+    )
     train.add_argument("config", help="YAML config (see configs/)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="continue from a checkpoint or run folder (default: the config's out_dir)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on a split of the config's dataset")
+    evaluate.add_argument("config", help="YAML config naming the dataset (see configs/)")
+    evaluate.add_argument(
+        "--checkpoint", required=True, help="checkpoint, model directory or run folder (best)"
+    )
+    evaluate.add_argument("--split", help="split to evaluate (default: the config's test_split)")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    evaluate.add_argument("--out", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    evaluate.set_defaults(run=_eval)
+
+    for name, function, help_text in (
+        ("predict", _predict, "ground an expression in an image: box JSON, mask PNG, overlay PNG"),
+        ("explain", _explain, "render the survey, locate and verify maps of every stage (Fig. 3)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(
+            "--checkpoint", required=True, help="checkpoint, model directory or run folder (best)"
+        )
+        command.add_argument(
+            "--image", required=True, help="image file (any size; resized to the model input)"
+        )
+        command.add_argument("--text", required=True, help="the referring expression")
+        command.add_argument("--out", default=f"runs/{name}", help=f"output folder (default runs/{name})")
+        command.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        command.add_argument("--parser", help="override the model's parser strategy (e.g. nltk)")
+        command.set_defaults(run=function)
 
     parse = commands.add_parser("parse", help="decompose an expression into spatial and attribute cues")
     parse.add_argument("text", help="the referring expression")

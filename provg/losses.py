@@ -100,18 +100,22 @@ class ProVGLoss(torch.nn.Module):
         return torch.where(valid, per_sample, torch.zeros_like(per_sample)).sum() / max(len(valid), 1)
 
     def forward(
-        self, boxes: Tensor, mask_logits: Tensor, target_boxes: Tensor, target_masks: Tensor
+        self, boxes: Tensor, mask_logits: Tensor, target_boxes: Tensor, target_masks: Tensor | None
     ) -> dict[str, Tensor]:
         """Returns the total ``loss`` and its terms (``box``, ``mask``, ``cons``).
 
-        ``target_boxes``: (B, 4) normalized (cx, cy, w, h); ``target_masks``: (B, H, W) bool.
+        ``target_boxes``: (B, 4) normalized (cx, cy, w, h); ``target_masks``: (B, H, W) bool, or None on
+        box-only benchmarks (DIOR-RSVG, RSVG-HR), where the mask term is 0 and only L_box and L_cons train.
         """
         pred_xyxy = cxcywh_to_xyxy(boxes)
         smooth, giou = self.box_terms(pred_xyxy, cxcywh_to_xyxy(target_boxes))
         box = (smooth + giou).mean()
-        ce = F.cross_entropy(mask_logits, target_masks.long())
-        dice = dice_loss(torch.softmax(mask_logits, dim=1)[:, 1], target_masks).mean()
-        mask = ce + dice
+        if target_masks is None:
+            mask = mask_logits.new_zeros(())
+        else:
+            ce = F.cross_entropy(mask_logits, target_masks.long())
+            dice = dice_loss(torch.softmax(mask_logits, dim=1)[:, 1], target_masks).mean()
+            mask = ce + dice
         cons = self.consistency(pred_xyxy, mask_logits)
         c = self.config
         total = c.lambda_box * box + c.lambda_mask * mask + c.lambda_cons * cons

@@ -39,28 +39,35 @@ def mask_iou_parts(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _Task:
+    """Per-sample intersections and unions of one task; metrics are computed from them in sample order,
+    so evaluators merged across processes (`GroundingEvaluator.merge`) give the single-process numbers."""
+
     def __init__(self) -> None:
-        self.ious: list[Tensor] = []
-        self.intersection = 0.0
-        self.union = 0.0
+        self.intersections: list[Tensor] = []
+        self.unions: list[Tensor] = []
 
     def add(self, intersection: Tensor, union: Tensor) -> None:
-        iou = torch.where(union > 0, intersection / union.clamp_min(1e-300), torch.zeros_like(union))
-        self.ious.append(iou.cpu())
-        self.intersection += float(intersection.sum())
-        self.union += float(union.sum())
+        self.intersections.append(intersection.detach().double().cpu())
+        self.unions.append(union.detach().double().cpu())
+
+    def parts(self) -> tuple[Tensor, Tensor]:
+        if not self.intersections:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        return torch.cat(self.intersections), torch.cat(self.unions)
 
     def compute(self) -> dict[str, float]:
-        if not self.ious:
+        if not self.intersections:
             return dict.fromkeys(_COLUMNS, math.nan)
-        ious = torch.cat(self.ious)
+        intersection, union = self.parts()
+        ious = torch.where(union > 0, intersection / union.clamp_min(1e-300), torch.zeros_like(union))
         result = {f"Pr@{t}": 100.0 * float((ious >= t).double().mean()) for t in THRESHOLDS}
-        result["oIoU"] = 100.0 * (self.intersection / self.union if self.union > 0 else 0.0)
+        total_union = float(union.sum())
+        result["oIoU"] = 100.0 * (float(intersection.sum()) / total_union if total_union > 0 else 0.0)
         result["mIoU"] = 100.0 * float(ious.mean())
         return result
 
     def __len__(self) -> int:
-        return sum(len(i) for i in self.ious)
+        return sum(len(i) for i in self.intersections)
 
 
 class GroundingEvaluator:
@@ -116,6 +123,33 @@ class GroundingEvaluator:
                 f"boxes must both be (B, 4) xyxy, got {tuple(pred_boxes.shape)} and {tuple(gt_boxes.shape)}"
             )
         self._rec.add(*box_iou_parts(pred_boxes, gt_boxes))
+
+    def state(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per-sample (intersection, union) of each task, in update order: what `merge` combines."""
+        return {"rec": self._rec.parts(), "res": self._res.parts()}
+
+    @classmethod
+    def merge(
+        cls, states: list[dict[str, tuple[Tensor, Tensor]]], orders: list[Tensor]
+    ) -> GroundingEvaluator:
+        """One evaluator from the `state`s of several (e.g. one per process), with ``orders[i]`` the
+        dataset index of each sample of ``states[i]``: samples are put back in dataset order, so the
+        metrics equal those of a single evaluator that saw the whole dataset in order."""
+        merged = cls()
+        order = torch.cat([o.long() for o in orders])
+        if len(torch.unique(order)) != len(order):
+            raise ValueError("merge: a dataset index appears in more than one state (overlapping shards)")
+        permutation = torch.argsort(order)
+        for task in ("rec", "res"):
+            parts = [state[task] for state in states]
+            if all(len(p[0]) == 0 for p in parts):
+                continue
+            if sum(len(p[0]) for p in parts) != len(order):
+                raise ValueError(f"merge: {task} has results for some samples only; cannot order them")
+            intersection = torch.cat([p[0] for p in parts])[permutation]
+            union = torch.cat([p[1] for p in parts])[permutation]
+            getattr(merged, f"_{task}").add(intersection, union)
+        return merged
 
     def compute(self) -> dict[str, float]:
         """``rec/Pr@0.5`` … ``rec/mIoU`` and ``res/…`` in percent (NaN for a task with no samples)."""

@@ -71,3 +71,29 @@ def test_metric_table_has_paper_columns():
         < header.index("RES mIoU")
     )
     assert "76.21" in row and "65.44" in row and "nan" in row
+
+
+def test_merged_shards_give_exactly_the_single_evaluator_metrics():
+    from provg.engine.distributed import ShardedBatches
+
+    generator = torch.Generator().manual_seed(7)
+    count, batch_size, world = 97, 7, 3
+    pred_boxes = torch.rand(count, 4, generator=generator).sort(-1).values * 50
+    gt_boxes = torch.rand(count, 4, generator=generator).sort(-1).values * 50
+    pred_masks = torch.rand(count, 9, 11, generator=generator) > 0.5
+    gt_masks = torch.rand(count, 9, 11, generator=generator) > 0.4
+
+    def run(indices: list[list[int]]) -> GroundingEvaluator:
+        evaluator = GroundingEvaluator()
+        for batch in indices:
+            evaluator.update(pred_boxes[batch], gt_boxes[batch], pred_masks[batch], gt_masks[batch])
+        return evaluator
+
+    single = run(list(ShardedBatches(count, batch_size)))
+    shards = [list(ShardedBatches(count, batch_size, world, rank)) for rank in range(world)]
+    assert sorted(i for shard in shards for batch in shard for i in batch) == list(range(count))
+    states = [run(shard).state() for shard in reversed(shards)]
+    orders = [torch.tensor([i for batch in shard for i in batch]) for shard in reversed(shards)]
+    assert GroundingEvaluator.merge(states, orders).compute() == single.compute()
+    with pytest.raises(ValueError, match="more than one state"):
+        GroundingEvaluator.merge(states + states[:1], orders + orders[:1])

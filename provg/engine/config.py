@@ -15,13 +15,23 @@ import yaml
 
 from provg.losses import LossConfig
 
-__all__ = ["TrainConfig", "load_config", "parse_override"]
+__all__ = ["AMP_MODES", "TrainConfig", "load_config", "parse_override"]
+
+AMP_MODES = ("none", "bf16", "fp16")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs (defaults: the paper, Sec. 5.1: AdamW, lr 3e-5, weight decay
-    0.01, 70 epochs, lr × 0.1 after epochs 50 and 60)."""
+    0.01, 70 epochs, lr × 0.1 after epochs 50 and 60).
+
+    amp: "none", "bf16" (autocast, any device) or "fp16" (CUDA, with gradient scaling).
+    eval_resolution: "input" (the network input, as LAVT/RMSIN) or "original" (each image's own size).
+    deterministic: ``torch.use_deterministic_algorithms`` (bitwise-repeatable runs, slower on GPU).
+    checkpoint_every: also checkpoint every this many steps (0: only at the end of each epoch); a run
+    resumed from a mid-epoch checkpoint skips the batches it already trained on.
+    max_minutes: stop after this much training time; the partial epoch is validated and counts as done.
+    """
 
     model: str = "provg_swin_b"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -43,14 +53,19 @@ class TrainConfig:
     batch_size: int = 8
     eval_batch_size: int = 32
     clip_grad_norm: float | None = None
+    amp: str = "none"
     max_minutes: float | None = None
     val_limit: int | None = None
+    eval_resolution: str = "input"
 
     seed: int = 0
+    deterministic: bool = False
     device: str = "auto"
     threads: int | None = None
     num_workers: int = 0
     out_dir: str = "runs/train"
+    checkpoint_every: int = 0
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
         LossConfig(**self.loss)  # validates names and values early
@@ -60,6 +75,14 @@ class TrainConfig:
             raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.eval_resolution not in ("input", "original"):
+            raise ValueError(f"eval_resolution must be 'input' or 'original', got {self.eval_resolution!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(
+                f"checkpoint_every must be >= 0 (0: at the end of each epoch), got {self.checkpoint_every}"
+            )
 
     def loss_config(self) -> LossConfig:
         return LossConfig(**self.loss)
@@ -104,6 +127,8 @@ def _check_types(values: dict[str, Any]) -> dict[str, Any]:
             if kind.startswith("int") and not float(value).is_integer():
                 raise ValueError(f"config key {f.name!r} needs a whole number, got {values[f.name]!r}")
             value = int(value) if kind.startswith("int") else float(value)
+        elif kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"config key {f.name!r} needs true or false, got {values[f.name]!r}")
         elif kind == "dict[str, Any]" and isinstance(value, dict):
             value = {k: _number(v) for k, v in value.items()}
         checked[f.name] = value

@@ -1,30 +1,50 @@
-"""Training loop (Sec. 5.1): AdamW, step schedule by epoch, per-epoch validation, best-by-validation.
+"""Training loop (Sec. 5.1): AdamW, step schedule by epoch, per-epoch validation, best-by-validation,
+on one process or many (``torchrun``: DDP, NCCL on GPU, gloo on CPU).
 
-The validation score that picks the best epoch is the mean of RSREC Pr@0.5 and RSRES mIoU.
+Each epoch ends with a validation and a checkpoint (`provg.engine.checkpoint`; also every
+``checkpoint_every`` steps); ``train(config, resume=PATH)`` continues a run from a checkpoint with the
+same weights, optimizer, schedule, RNG and data position, so it finishes as the uninterrupted run would.
+Per-epoch metrics go to ``<out_dir>/metrics.csv`` and TensorBoard (``<out_dir>/tensorboard``); only rank 0
+writes files and shows progress bars. The validation score that picks the best epoch is the mean of
+RSREC Pr@0.5 and RSRES mIoU (RSREC Pr@0.5 alone on box-only benchmarks).
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_model
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from provg.data import collate, load_dataset
+from provg.files import atomic_write_text
 from provg.losses import ProVGLoss
 from provg.models import ProVG, create_model
+from provg.models.pretrained import WEIGHTS_FILE
 
+from .checkpoint import capture_rng, find_checkpoint, load_training_state, restore_rng, save_checkpoint
 from .config import TrainConfig
-from .evaluate import evaluate, predict_batch
+from .distributed import Distributed, ResumableSampler, setup_distributed
+from .evaluate import evaluate_dataset, predict_batch
 
-__all__ = ["TrainResult", "resolve_device", "seed_everything", "train"]
+__all__ = ["TrainResult", "normalized_boxes", "resolve_device", "seed_everything", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,12 +56,20 @@ class TrainResult:
     seconds: float = 0.0
     steps: int = 0
     stopped_early: bool = False
+    out_dir: Path | None = None
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def enable_determinism() -> None:
+    """Deterministic kernels everywhere (an op without one raises rather than silently varying)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,6 +82,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _score(metrics: dict[str, float]) -> float:
+    if math.isnan(metrics["res/mIoU"]):
+        return metrics["rec/Pr@0.5"]
     return 0.5 * (metrics["rec/Pr@0.5"] + metrics["res/mIoU"])
 
 
@@ -65,104 +95,290 @@ def normalized_boxes(boxes_xyxy: torch.Tensor, height: int, width: int) -> torch
     )
 
 
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.amp == "none":
+        return contextlib.nullcontext()
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp=fp16 needs a CUDA device; use amp=bf16 on CPU")
+    dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class _MetricLog:
+    """Per-epoch records to ``metrics.csv`` and TensorBoard, per-step losses to TensorBoard."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool, enabled: bool) -> None:
+        self.path = out_dir / "metrics.csv"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def step(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def epoch(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv from the whole ``history`` (a resumed run's history comes from its
+        checkpoint, so the file never holds an epoch twice) and log the newest record to TensorBoard."""
+        if not self.enabled:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in history for k in r)))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.path, buffer.getvalue())
+        record = history[-1]
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"epoch/{key}", value, record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _datasets(config: TrainConfig, image_size: int):
+    options = dict(config.dataset_options)
+    train_set = load_dataset(
+        config.dataset, config.data_root, config.train_split, image_size=image_size, **options
+    )
+    if config.eval_resolution == "original":
+        options["keep_original"] = True
+    val_set = load_dataset(
+        config.dataset, config.data_root, config.val_split, image_size=image_size, **options
+    )
+    if config.val_limit is not None:
+        val_set = Subset(val_set, range(min(config.val_limit, len(val_set))))
+    return train_set, val_set
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
     log: Callable[[str], None] = print,
     model: ProVG | None = None,
+    resume: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``config.model`` on ``config.dataset``; returns the best-by-validation model and history."""
+    """Train ``config.model`` on ``config.dataset``; returns the best-by-validation model and history.
+
+    ``resume``: a checkpoint directory, or a run folder (its ``last`` checkpoint), to continue from.
+    Run under ``torchrun --nproc_per_node N`` for data-parallel training (``batch_size`` is per process).
+    """
+    distributed = setup_distributed(config.device)
+    device = distributed.device
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    if config.deterministic:
+        enable_determinism()
     model = model or create_model(config.model, **config.model_overrides)
     model.to(device)
-    size = model.config.image_size
-    train_set = load_dataset(
-        config.dataset, config.data_root, config.train_split, image_size=size, **config.dataset_options
-    )
-    val_set = load_dataset(
-        config.dataset, config.data_root, config.val_split, image_size=size, **config.dataset_options
-    )
-    if config.val_limit is not None:
-        val_set = Subset(val_set, range(min(config.val_limit, len(val_set))))
-    generator = torch.Generator().manual_seed(config.seed)
+    train_set, val_set = _datasets(config, model.config.image_size)
+    sampler = ResumableSampler(train_set, distributed.world, distributed.rank, config.seed)
     train_loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
-        shuffle=True,
+        sampler=sampler,
         drop_last=True,
         collate_fn=collate,
         num_workers=config.num_workers,
-        generator=generator,
     )
-    val_loader = DataLoader(
-        val_set, batch_size=config.eval_batch_size, collate_fn=collate, num_workers=config.num_workers
-    )
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train_set)} training samples is fewer than one batch of {config.batch_size}")
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_set)} training samples over {distributed.world} process(es) is fewer than one batch "
+            f"of {config.batch_size} each; lower batch_size"
+        )
+    network = DistributedDataParallel(model) if distributed.enabled else model
     criterion = ProVGLoss(config.loss_config())
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=config.milestones, gamma=config.gamma
     )
-    log(
-        f"training {config.model} on {config.dataset} ({len(train_set)} train / {len(val_set)} val samples) "
-        f"on {device}: {config.epochs} epochs × {len(train_loader)} steps, parser '{model.config.parser}'"
-        + (" (gold decompositions)" if config.gold_decompositions else "")
-    )
-    result = TrainResult(model)
-    best_state = None
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        totals: dict[str, float] = {}
-        steps = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress)
-        for batch in bar:
-            images = batch["image"].to(device)
-            height, width = images.shape[-2:]
-            targets = normalized_boxes(batch["box"].to(device), height, width)
-            output = predict_batch(model, batch, device, config.gold_decompositions)
-            losses = criterion(output.boxes, output.mask_logits, targets, batch["mask"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if config.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
-            optimizer.step()
-            result.steps += 1
-            steps += 1
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach())
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}")
-            if config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes:
-                result.stopped_early = True
-                break
-        scheduler.step()
-        metrics = evaluate(model, val_loader, device, config.gold_decompositions, progress, f"val {epoch}")
-        record = {
-            "epoch": epoch,
-            **{f"train/{k}": v / max(steps, 1) for k, v in totals.items()},
-            **{f"val/{k}": v for k, v in metrics.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - start,
-        }
-        result.history.append(record)
-        score = _score(metrics)
-        log(
-            f"epoch {epoch:3d}  loss {record['train/loss']:.4f}  "
-            f"val REC Pr@0.5 {metrics['rec/Pr@0.5']:6.2f}  RES mIoU {metrics['res/mIoU']:6.2f}  "
-            f"({record['seconds']:.0f} s)"
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    out_dir = Path(config.out_dir)
+    result = TrainResult(model, out_dir=out_dir)
+    first_epoch, skip_batches = 1, 0
+    if resume is not None:
+        first_epoch, skip_batches = _resume(
+            resume, model, optimizer, scheduler, scaler, result, distributed, log
         )
-        if score > result.best_score:
-            result.best_score, result.best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        if result.stopped_early:
-            log(f"stopped after {config.max_minutes} minutes (max_minutes), in epoch {epoch}")
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    metric_log = _MetricLog(out_dir, config.tensorboard, distributed.main)
+    say = log if distributed.main else (lambda message: None)
+    say(
+        f"training {config.model} on {config.dataset} ({len(train_set)} train / {len(val_set)} val samples) "
+        f"on {distributed.world} × {device}: {config.epochs} epochs × {steps_per_epoch} steps of "
+        f"{config.batch_size}, parser '{model.config.parser}'"
+        + (" (gold decompositions)" if config.gold_decompositions else "")
+        + (f", resumed at epoch {first_epoch} batch {skip_batches}" if resume is not None else "")
+    )
+
+    def checkpoint(completed_epochs: int, batch: int, best: bool = False) -> None:
+        rngs = distributed.gather(capture_rng())
+        if distributed.main:
+            state = {
+                "epoch": completed_epochs,
+                "batch": batch,
+                "global_step": result.steps,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rngs,
+                "world": distributed.world,
+                "config": config.to_dict(),
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_score": result.best_score,
+            }
+            save_checkpoint(out_dir, model, state, best=best)
+        distributed.barrier()
+
+    start = time.perf_counter()
+    try:
+        for epoch in range(first_epoch, config.epochs + 1):
+            model.train()
+            sampler.set_epoch(epoch)
+            done = skip_batches if epoch == first_epoch else 0
+            sampler.skip = done * config.batch_size
+            totals: dict[str, float] = {}
+            steps = 0
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch}/{config.epochs}",
+                leave=False,
+                initial=done,
+                total=steps_per_epoch,
+                disable=not (progress and distributed.main),
+            )
+            for batch in bar:
+                losses = _step(network, batch, device, config, criterion, optimizer, scaler, parameters)
+                result.steps += 1
+                steps += 1
+                done += 1
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                metric_log.step(result.steps, {f"step/{k}": v for k, v in losses.items()})
+                bar.set_postfix(loss=f"{losses['loss']:.3f}")
+                if config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes:
+                    result.stopped_early = True
+                    break
+                if (
+                    config.checkpoint_every
+                    and result.steps % config.checkpoint_every == 0
+                    and done < steps_per_epoch
+                ):
+                    checkpoint(epoch - 1, done)
+            scheduler.step()
+            metrics = evaluate_dataset(
+                model,
+                val_set,
+                config.eval_batch_size,
+                device,
+                distributed,
+                config.gold_decompositions,
+                progress,
+                f"val {epoch}",
+                config.eval_resolution,
+                config.num_workers,
+            )
+            record = {
+                "epoch": epoch,
+                **{f"train/{k}": v / max(steps, 1) for k, v in totals.items()},
+                **{f"val/{k}": v for k, v in metrics.items()},
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+            }
+            result.history.append(record)
+            metric_log.epoch(result.history)
+            score = _score(metrics)
+            say(
+                f"epoch {epoch:3d}  loss {record.get('train/loss', math.nan):.4f}  "
+                f"val REC Pr@0.5 {metrics['rec/Pr@0.5']:6.2f}  RES mIoU {metrics['res/mIoU']:6.2f}  "
+                f"({record['seconds']:.0f} s)"
+            )
+            is_best = score > result.best_score
+            if is_best:
+                result.best_score, result.best_epoch = score, epoch
+            checkpoint(epoch, 0, best=is_best)
+            if result.stopped_early:
+                say(f"stopped after {config.max_minutes} minutes (max_minutes), in epoch {epoch}")
+                break
+    finally:
+        metric_log.close()
+    best = out_dir / "best"
+    if best.exists():
+        load_model(model, str(best / WEIGHTS_FILE), strict=True, device=str(device))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _step(
+    network: torch.nn.Module,
+    batch: dict[str, Any],
+    device: torch.device,
+    config: TrainConfig,
+    criterion: ProVGLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    parameters: list[torch.nn.Parameter],
+) -> dict[str, float]:
+    """One optimizer step on ``batch``; returns the loss terms."""
+    images = batch["image"].to(device)
+    height, width = images.shape[-2:]
+    targets = normalized_boxes(batch["box"].to(device), height, width)
+    masks = batch["mask"].to(device) if "mask" in batch else None
+    with _autocast(config, device):
+        output = predict_batch(network, batch, device, config.gold_decompositions)
+        losses = criterion(output.boxes.float(), output.mask_logits.float(), targets, masks)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["loss"]).backward()
+    if config.clip_grad_norm:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return {key: float(value.detach()) for key, value in losses.items()}
+
+
+def _resume(
+    path: str | Path,
+    model: ProVG,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    result: TrainResult,
+    distributed: Distributed,
+    log: Callable[[str], None],
+) -> tuple[int, int]:
+    """Load a checkpoint into the run; returns (epoch to continue, batches of it already done)."""
+    folder = find_checkpoint(path)
+    state = load_training_state(folder)
+    load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(distributed.device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    if state["world"] != distributed.world:
+        log(
+            f"warning: {folder} was written by {state['world']} process(es), this run has "
+            f"{distributed.world}: the data order differs from an uninterrupted run"
+        )
+    restore_rng(rngs[distributed.rank % len(rngs)])
+    result.history = list(state["history"])
+    result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
+    result.steps = state["global_step"]
+    if distributed.main:
+        log(
+            f"resuming from {folder}: epoch {state['epoch']} done, "
+            f"batch {state['batch']}, step {result.steps}"
+        )
+    return state["epoch"] + 1, state["batch"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +27,7 @@ from .heads import BoxHead, MaskHead
 from .layers import tokens_to_map
 from .lcd import LCD
 from .pcm import PCM
+from .pretrained import load_pretrained, save_pretrained
 
 __all__ = ["GroundingOutput", "ProVG", "boxes_to_xyxy", "cxcywh_to_xyxy"]
 
@@ -98,6 +101,17 @@ class ProVG(nn.Module):
         self.lcd = LCD(config.cfm_width, config.decoder_width, text_width, lcm=config.lcm)
         self.mask_head = MaskHead(config.decoder_width)
         self.box_head = BoxHead(config.decoder_width, config.rec_width, config.rec_pool, config.fa)
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Save as ``directory/config.json`` + ``model.safetensors`` (see `provg.models.pretrained`)."""
+        return save_pretrained(self, directory, metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", **overrides: Any
+    ) -> ProVG:
+        """Load a model saved by `save_pretrained` (a local directory; nothing is downloaded)."""
+        return load_pretrained(directory, device, **overrides)
 
     def _check_inputs(self, images: Tensor, expressions: Sequence[str]) -> None:
         if not isinstance(images, Tensor):

@@ -18,16 +18,21 @@ from ._fused import FusedGate
 from ._gate_api import check_keys, choose_backend, kernels, promote
 from .masked_softmax import masked_softmax
 
-__all__ = ["locate_gate", "locate_gate_reference"]
+__all__ = ["locate_gate", "locate_gate_reference", "locate_gate_values"]
 
 
-def locate_gate_reference(x: Tensor, w: Tensor, b: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
-    """PyTorch reference of `locate_gate`."""
+def locate_gate_values(x: Tensor, w: Tensor, b: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+    """The per-position gate σ(Attn(x·w + b, k, v)), (B, P)."""
     query = torch.matmul(x, w) + b  # (B, P)
     scores = query[:, :, None] * k[:, None, :]  # (B, P, N)
     weights = masked_softmax(scores, key_mask[:, None, :])
     attention = (weights * v[:, None, :]).sum(dim=-1)  # (B, P)
-    return x * torch.sigmoid(attention)[:, :, None]
+    return torch.sigmoid(attention)
+
+
+def locate_gate_reference(x: Tensor, w: Tensor, b: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+    """PyTorch reference of `locate_gate`."""
+    return x * locate_gate_values(x, w, b, k, v, key_mask)[:, :, None]
 
 
 def _forward(backend: str, x, w, b, k, v, key_mask):

@@ -18,14 +18,12 @@ from ._fused import FusedGate
 from ._gate_api import check_keys, choose_backend, kernels, promote
 from .masked_softmax import masked_softmax
 
-__all__ = ["survey_gate", "survey_gate_reference"]
+__all__ = ["survey_gate", "survey_gate_reference", "survey_gate_values"]
 
 
-def survey_gate_reference(
-    x: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads: int = 1
-) -> Tensor:
-    """PyTorch reference of `survey_gate`."""
-    batch, positions, channels = x.shape
+def survey_gate_values(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads: int = 1) -> Tensor:
+    """The gate σ(Attn(q, k, v)) itself, (B, P, C) (what `provg.engine.explain` renders)."""
+    batch, positions, channels = q.shape
     tokens = k.shape[1]
     width = channels // heads
     qh = q.reshape(batch, positions, heads, width).transpose(1, 2)  # (B, h, P, d)
@@ -34,7 +32,14 @@ def survey_gate_reference(
     scores = torch.matmul(qh, kh.transpose(-1, -2)) * width**-0.5  # (B, h, P, N)
     weights = masked_softmax(scores, key_mask[:, None, None, :])
     attention = torch.matmul(weights, vh).transpose(1, 2).reshape(batch, positions, channels)
-    return x * torch.sigmoid(attention)
+    return torch.sigmoid(attention)
+
+
+def survey_gate_reference(
+    x: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads: int = 1
+) -> Tensor:
+    """PyTorch reference of `survey_gate`."""
+    return x * survey_gate_values(q, k, v, key_mask, heads)
 
 
 def _forward(backend: str, x, q, k, v, key_mask, heads):

@@ -18,16 +18,21 @@ from ._fused import FusedGate
 from ._gate_api import check_keys, choose_backend, kernels, promote
 from .masked_softmax import masked_softmax
 
-__all__ = ["verify_gate", "verify_gate_reference"]
+__all__ = ["verify_gate", "verify_gate_reference", "verify_gate_values"]
 
 
-def verify_gate_reference(x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor) -> Tensor:
-    """PyTorch reference of `verify_gate`."""
+def verify_gate_values(x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor) -> Tensor:
+    """The per-channel gate σ(Attn(w_q·mean_P(x), k, v)), (B, C)."""
     query = w_q * x.mean(dim=1)  # (B, C)
     scores = query[:, :, None] * k[:, None, :]  # (B, C, N)
     weights = masked_softmax(scores, key_mask[:, None, :])
     attention = (weights * v[:, None, :]).sum(dim=-1)  # (B, C)
-    return x * torch.sigmoid(attention)[:, None, :]
+    return torch.sigmoid(attention)
+
+
+def verify_gate_reference(x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor) -> Tensor:
+    """PyTorch reference of `verify_gate`."""
+    return x * verify_gate_values(x, k, v, key_mask, w_q)[:, None, :]
 
 
 def _forward(backend: str, x, k, v, key_mask, w_q):
