@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="train and evaluate provg_tiny on generated synthrs (CPU, minutes)"
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (data, predictions, metrics)")
-    demo.add_argument("--max-minutes", type=float, default=8.0, help="training time cap (default 8)")
+    demo.add_argument("--max-minutes", type=float, default=10.0, help="training time cap (default 10)")
     demo.add_argument("--examples", type=int, default=16, help="prediction overlays to draw")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")

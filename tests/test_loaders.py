@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_rrsisd import write_fixture as write_rrsisd_fixture
 
 from provg.data import DATASETS, load_dataset, write_index
 from provg.data.index import IndexDataset
 from provg.data.io import load_image
 from provg.data.rrsisd import load_image as rrsisd_load_image
+
+from test_rrsisd import write_fixture as write_rrsisd_fixture
 
 REAL_RSVG_HR_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsvg_hr_train.txt"
 

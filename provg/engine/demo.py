@@ -28,7 +28,7 @@ __all__ = ["run_demo"]
 
 def run_demo(
     out_dir: str | Path = "runs/demo",
-    max_minutes: float | None = 8.0,
+    max_minutes: float | None = 10.0,
     overrides: list[str] | None = None,
     examples: int = 16,
     progress: bool = True,
