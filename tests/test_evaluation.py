@@ -51,7 +51,6 @@ def test_box_only_benchmark_trains_and_scores_boxes_at_original_size(tmp_path):
             "epochs=1",
             "batch_size=2",
             "eval_resolution=original",
-            "tensorboard=false",
             "max_minutes=null",
         ],
     )
@@ -60,3 +59,35 @@ def test_box_only_benchmark_trains_and_scores_boxes_at_original_size(tmp_path):
     assert result.steps == 1 and record["train/mask"] == 0.0 and record["train/box"] > 0
     assert math.isnan(record["val/res/mIoU"]) and not math.isnan(record["val/rec/mIoU"])
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["epoch", "train/loss"] and "val/rec/Pr@0.5" in header
+
+
+def test_bf16_autocast_step_on_cpu_and_fp16_needs_cuda(synthrs_root):
+    from provg.engine.trainer import _step
+    from provg.losses import ProVGLoss
+
+    torch.manual_seed(0)
+    model = provg.create_model("provg_tiny", text_cache_size=0)
+    batch = collate([load_dataset("synthrs", synthrs_root, "train", image_size=128)[i] for i in range(2)])
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before = [p.detach().clone() for p in parameters]
+    config = load_config(None, ["amp=bf16"])
+    losses = _step(model, batch, torch.device("cpu"), config, ProVGLoss(), optimizer, scaler, parameters)
+    assert math.isfinite(losses["loss"]) and losses["mask"] > 0
+    assert all(p.dtype == torch.float32 for p in parameters)  # autocast leaves the weights in fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, parameters))
+    with pytest.raises(ValueError, match="amp=fp16 needs a CUDA device"):
+        _step(
+            model,
+            batch,
+            torch.device("cpu"),
+            load_config(None, ["amp=fp16"]),
+            ProVGLoss(),
+            optimizer,
+            scaler,
+            parameters,
+        )
