@@ -7,6 +7,7 @@ import torch
 
 import provg
 from provg.models.cfm import FusionBlock
+from provg.models.layers import ConvBNAct
 from provg.models.repvgg import RepVGGBlock, reparameterize
 
 
@@ -73,6 +74,18 @@ def test_fusion_block_and_float32():
     torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel, stride, act", [(1, 1, True), (3, 2, True), (1, 1, False)])
+def test_conv_bn_act_folds_its_batch_norm_float64(kernel, stride, act):
+    layer = ConvBNAct(5, 7, kernel, stride, act=act).double()
+    _random_bn_statistics(layer, 4)
+    layer.eval()
+    x = torch.randn(2, 5, 13, 9, dtype=torch.float64)
+    expected = layer(x)
+    reparameterize(layer)
+    assert layer.deployed and layer[0].bias is not None and isinstance(layer[1], torch.nn.Identity)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+
+
 def test_reparameterize_refuses_train_mode():
     block = RepVGGBlock(3)
     with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
@@ -82,6 +95,7 @@ def test_reparameterize_refuses_train_mode():
 def test_whole_model_deploy_equals_train_float64():
     model = provg.create_model("provg_tiny", image_size=96, rep_identity=True).double()
     _random_bn_statistics(model.cfm, 11)
+    _random_bn_statistics(model.lcd, 12)
     model.eval()
     images = torch.randn(2, 3, 96, 96, dtype=torch.float64)
     texts = ["the small red ship on the left", "a storage tank"]
@@ -90,5 +104,8 @@ def test_whole_model_deploy_equals_train_float64():
         provg.reparameterize(model)
         got = model(images, texts)
     assert sum(isinstance(m, RepVGGBlock) and m.deployed for m in model.modules()) == 6
+    projections = [m for m in model.modules() if isinstance(m, ConvBNAct)]
+    assert len(projections) == 29 and all(m.deployed for m in projections)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in (*model.cfm.modules(), *model.lcd.modules()))
     torch.testing.assert_close(got.boxes, expected.boxes, rtol=0, atol=1e-10)
     torch.testing.assert_close(got.mask_logits, expected.mask_logits, rtol=0, atol=1e-10)

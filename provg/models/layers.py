@@ -6,14 +6,26 @@ viewed as a map is a channels-last (B, C, H, W) tensor, so converting between th
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvBNAct", "map_to_tokens", "resize_to", "tokens_to_map"]
+__all__ = ["ConvBNAct", "fuse_conv_bn", "map_to_tokens", "resize_to", "tokens_to_map"]
+
+
+def fuse_conv_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Kernel and bias of ``BN(conv(x))`` in eval mode as one convolution: t = γ/√(σ² + ε),
+    W' = W·t, b' = β − μ·t."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
 
 class ConvBNAct(nn.Sequential):
-    """Convolution (no bias) → BatchNorm2d → SiLU (or no activation with ``act=False``)."""
+    """Convolution (no bias) → BatchNorm2d → SiLU (or no activation with ``act=False``).
+
+    `reparameterize` folds the batch norm into the convolution (deploy form: conv with bias → act),
+    which saves a pass over the map and is exact in eval mode.
+    """
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, act: bool = True
@@ -23,6 +35,24 @@ class ConvBNAct(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.SiLU() if act else nn.Identity(),
         )
+
+    @property
+    def deployed(self) -> bool:
+        return isinstance(self[1], nn.Identity)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the batch norm into the convolution, in place (uses the running statistics)."""
+        if self.deployed:
+            return
+        conv, bn = self[0], self[1]
+        kernel, bias = fuse_conv_bn(conv.weight, bn)
+        fused = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
+        ).to(device=kernel.device, dtype=kernel.dtype)
+        fused.weight.copy_(kernel)
+        fused.bias.copy_(bias)
+        self[0], self[1] = fused, nn.Identity()
 
 
 def tokens_to_map(tokens: Tensor, height: int, width: int) -> Tensor:

@@ -4,6 +4,7 @@ Train form: ``SiLU(BN(conv3×3(x)) + BN(conv1×1(x)) [+ BN(x)])``. Deploy form: 
 with, per branch, t = γ/√(σ² + ε), W' = W·t, b' = β − μ·t; the 1×1 kernel is zero-padded to the 3×3
 centre and the identity branch is a centred one-hot 3×3 kernel (DESIGN §2). The conversion uses the
 running statistics, so it is exact in eval mode only; `reparameterize` refuses a model in train mode.
+It also folds the batch norm of every `provg.models.layers.ConvBNAct` into its convolution.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import ConvBNAct, fuse_conv_bn
+
 __all__ = ["RepVGGBlock", "reparameterize"]
-
-
-def _fuse_conv_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
 
 class RepVGGBlock(nn.Module):
@@ -54,13 +52,13 @@ class RepVGGBlock(nn.Module):
     @torch.no_grad()
     def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
         """The single 3×3 kernel and bias that the eval-mode block equals."""
-        kernel, bias = _fuse_conv_bn(self.conv3.weight, self.bn3)
-        kernel1, bias1 = _fuse_conv_bn(F.pad(self.conv1.weight, [1, 1, 1, 1]), self.bn1)
+        kernel, bias = fuse_conv_bn(self.conv3.weight, self.bn3)
+        kernel1, bias1 = fuse_conv_bn(F.pad(self.conv1.weight, [1, 1, 1, 1]), self.bn1)
         kernel, bias = kernel + kernel1, bias + bias1
         if self.bn_identity is not None:
             eye = torch.zeros_like(self.conv3.weight)
             eye[torch.arange(self.channels), torch.arange(self.channels), 1, 1] = 1
-            kernel_id, bias_id = _fuse_conv_bn(eye, self.bn_identity)
+            kernel_id, bias_id = fuse_conv_bn(eye, self.bn_identity)
             kernel, bias = kernel + kernel_id, bias + bias_id
         return kernel, bias
 
@@ -80,12 +78,14 @@ class RepVGGBlock(nn.Module):
 
 
 def reparameterize(model: nn.Module) -> nn.Module:
-    """Convert every `RepVGGBlock` in ``model`` to its deploy form, in place; returns ``model``.
+    """Convert ``model`` to its deploy form, in place; returns ``model``: every `RepVGGBlock` becomes
+    one 3×3 convolution, and every `ConvBNAct` (the CFM and LCD projections) folds its batch norm into
+    its convolution.
 
     The model must be in eval mode: the conversion folds the running statistics, which is what the
     eval-mode model computes (float64 agreement to round-off).
     """
-    blocks = [m for m in model.modules() if isinstance(m, RepVGGBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, (RepVGGBlock, ConvBNAct))]
     training = [m for m in blocks if m.training and not m.deployed]
     if training:
         raise RuntimeError(

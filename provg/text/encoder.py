@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from provg.parsers import Decomposition
@@ -159,14 +160,24 @@ class TextEncoder(nn.Module):
         )
 
     def _encode(self, batch) -> Tensor:
+        return self._encode_together([batch])[0]
+
+    def _encode_together(self, batches: list) -> list[Tensor]:
+        """Hidden states of several tokenized batches from one encoder call: each is right-padded to the
+        longest (padding is masked out of attention) and the rows are stacked, then split back."""
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in batches[0]]
+        length = max(batch["input_ids"].shape[1] for batch in batches)
         inputs = {
-            key: value.to(self.device)
-            for key, value in batch.items()
-            if key in ("input_ids", "attention_mask", "token_type_ids")
+            key: torch.cat([F.pad(batch[key], (0, length - batch[key].shape[1])) for batch in batches]).to(
+                self.device
+            )
+            for key in keys
         }
         grad = torch.enable_grad() if self.trainable else torch.no_grad()
         with grad:
-            return self.model(**inputs).last_hidden_state
+            hidden = self.model(**inputs).last_hidden_state
+        rows = [batch["input_ids"].shape[0] for batch in batches]
+        return [part[:, : batch["input_ids"].shape[1]] for part, batch in zip(hidden.split(rows), batches)]
 
     def _warn_truncated(self, texts: list[str]) -> None:
         lengths = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
@@ -207,23 +218,30 @@ class TextEncoder(nn.Module):
         texts = [d.text for d in decompositions]
         self._warn_truncated(texts)
         context_batch = self._tokenize(texts, self.max_context_tokens, offsets=self.mode == "shared")
-        context = self._encode(context_batch)
-        context_mask = context_batch["attention_mask"].to(context.device, torch.bool)
         if self.mode == "shared":
+            context = self._encode(context_batch)
             spatial, spatial_mask = self._gather_cues(context, context_batch, decompositions, "spatial")
             attributes, attribute_mask = self._gather_cues(
                 context, context_batch, decompositions, "attributes"
             )
         else:
-            spatial, spatial_mask = self._encode_cues([d.spatial_text for d in decompositions])
-            attributes, attribute_mask = self._encode_cues([d.attribute_text for d in decompositions])
+            # The expression and its two cue strings go through the encoder in one call (3B rows).
+            # Room for [CLS] and [SEP] in the cues; their features are the tokens between them.
+            spatial_batch = self._tokenize([d.spatial_text for d in decompositions], self.max_cue_tokens + 2)
+            attribute_batch = self._tokenize(
+                [d.attribute_text for d in decompositions], self.max_cue_tokens + 2
+            )
+            context, spatial_hidden, attribute_hidden = self._encode_together(
+                [context_batch, spatial_batch, attribute_batch]
+            )
+            spatial, spatial_mask = self._cue_tokens(spatial_batch, spatial_hidden)
+            attributes, attribute_mask = self._cue_tokens(attribute_batch, attribute_hidden)
+        context_mask = context_batch["attention_mask"].to(context.device, torch.bool)
         return LanguageFeatures(context, context_mask, spatial, spatial_mask, attributes, attribute_mask)
 
-    def _encode_cues(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        # Room for [CLS] and [SEP]; the cue features are the tokens between them (at least one slot, so
-        # a batch of empty cues still yields an all-masked row).
-        batch = self._tokenize(texts, self.max_cue_tokens + 2)
-        hidden = self._encode(batch)
+    def _cue_tokens(self, batch, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """The tokens between [CLS] and [SEP] of encoded cue strings (at least one slot, so a batch of
+        empty cues still yields an all-masked row)."""
         valid = batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool()
         width = max(1, min(self.max_cue_tokens, hidden.shape[1] - 2))
         return hidden[:, 1 : 1 + width], valid[:, 1 : 1 + width].to(hidden.device)
