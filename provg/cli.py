@@ -52,6 +52,7 @@ def _test_metrics(config, model, distributed, split: str, progress: bool) -> dic
         split,
         config.eval_resolution,
         config.num_workers,
+        config.amp,
     )
 
 
@@ -107,7 +108,7 @@ def _predict(args: argparse.Namespace) -> int:
     from provg.engine.inference import predict_image, save_prediction_files
 
     model = _load_for_inference(args)
-    prediction = predict_image(model, args.image, args.text)
+    prediction = predict_image(model, args.image, args.text, args.amp)
     document = save_prediction_files(prediction, args.out, str(args.image))
     print(json.dumps(document, indent=2))
     return 0
@@ -117,7 +118,7 @@ def _explain(args: argparse.Namespace) -> int:
     from provg.engine.explain import explain_image
 
     model = _load_for_inference(args)
-    written = explain_image(model, args.image, args.text, args.out)
+    written = explain_image(model, args.image, args.text, args.out, args.amp)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--out", default=f"runs/{name}", help=f"output folder (default runs/{name})")
         command.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         command.add_argument("--parser", help="override the model's parser strategy (e.g. nltk)")
+        command.add_argument(
+            "--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast (fp16: GPU only)"
+        )
         command.set_defaults(run=function)
 
     parse = commands.add_parser("parse", help="decompose an expression into spatial and attribute cues")

@@ -25,6 +25,7 @@ from provg.metrics import GroundingEvaluator
 from provg.models import GroundingOutput
 
 from .distributed import Distributed, ShardedBatches
+from .inference import amp_context
 
 __all__ = ["RESOLUTIONS", "evaluate", "evaluate_dataset", "predict_batch"]
 
@@ -81,9 +82,10 @@ def evaluate(
     on_batch: Callable[[dict[str, Any], GroundingOutput], None] | None = None,
     resolution: str = "input",
     evaluator: GroundingEvaluator | None = None,
+    amp: str = "none",
 ) -> dict[str, float]:
     """RSREC and RSRES metrics (percent) of ``model`` over ``batches``; ``on_batch`` sees every prediction;
-    a given ``evaluator`` keeps the per-sample results."""
+    a given ``evaluator`` keeps the per-sample results; ``amp``: "none", "bf16" or "fp16" autocast."""
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     was_training = model.training
@@ -93,7 +95,8 @@ def evaluate(
     evaluator = evaluator if evaluator is not None else GroundingEvaluator()
     try:
         for batch in tqdm(batches, desc=description, leave=False, disable=not progress):
-            output = predict_batch(model, batch, device, gold_decompositions)
+            with amp_context(device, amp):
+                output = predict_batch(model, batch, device, gold_decompositions)
             _update(evaluator, batch, output, resolution)
             if on_batch is not None:
                 on_batch(batch, output)
@@ -113,6 +116,7 @@ def evaluate_dataset(
     description: str = "eval",
     resolution: str = "input",
     num_workers: int = 0,
+    amp: str = "none",
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``dataset``; with ``distributed``, each rank runs its share of the batches
     and every rank returns the metrics of the whole dataset."""
@@ -129,6 +133,7 @@ def evaluate_dataset(
         description,
         resolution=resolution,
         evaluator=evaluator,
+        amp=amp,
     )
     order = torch.tensor([index for batch in sampler for index in batch], dtype=torch.long)
     shares = distributed.gather((evaluator.state(), order))

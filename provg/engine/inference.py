@@ -8,6 +8,7 @@ thresholding. `save_prediction_files` writes ``prediction.json`` (box, image siz
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from provg.models import ProVG
 
 from .visualize import draw_prediction
 
-__all__ = ["Prediction", "model_input", "predict_image", "save_prediction_files"]
+__all__ = ["Prediction", "amp_context", "model_input", "predict_image", "save_prediction_files"]
 
 
 @dataclass
@@ -56,15 +57,28 @@ def model_input(image: torch.Tensor, image_size: int) -> torch.Tensor:
     return model_transform(image_size)({"image": image, "box": torch.zeros(4)})["image"][None]
 
 
+def amp_context(device: torch.device, amp: str = "none"):
+    """Autocast for ``amp``: "none" (fp32), "bf16" (CPU or GPU) or "fp16" (GPU only); used by training,
+    evaluation and prediction alike."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp=fp16 needs a CUDA device; use amp=bf16 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 @torch.inference_mode()
-def predict_image(model: ProVG, image: str | Path | torch.Tensor, text: str) -> Prediction:
-    """Ground ``text`` in ``image`` (a file, or a 3×H×W tensor in [0, 1])."""
+def predict_image(model: ProVG, image: str | Path | torch.Tensor, text: str, amp: str = "none") -> Prediction:
+    """Ground ``text`` in ``image`` (a file, or a 3×H×W tensor in [0, 1]); ``amp`` as `amp_context`."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"the expression must be a non-empty string, got {text!r}")
     picture = load_image(image) if not isinstance(image, torch.Tensor) else image
     device = next(model.parameters()).device
     model.eval()
-    output = model(model_input(picture, model.config.image_size).to(device), [text])
+    with amp_context(device, amp):
+        output = model(model_input(picture, model.config.image_size).to(device), [text])
     height, width = picture.shape[-2:]
     size = model.config.image_size
     box = output.boxes_xyxy()[0].float().cpu() * torch.tensor([width / size, height / size] * 2)

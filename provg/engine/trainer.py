@@ -11,7 +11,6 @@ RSREC Pr@0.5 and RSRES mIoU (RSREC Pr@0.5 alone on box-only benchmarks).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -41,6 +40,7 @@ from .checkpoint import capture_rng, find_checkpoint, load_training_state, resto
 from .config import TrainConfig
 from .distributed import Distributed, ResumableSampler, setup_distributed
 from .evaluate import evaluate_dataset, predict_batch
+from .inference import amp_context
 
 __all__ = ["TrainResult", "normalized_boxes", "resolve_device", "seed_everything", "train"]
 
@@ -93,15 +93,6 @@ def normalized_boxes(boxes_xyxy: torch.Tensor, height: int, width: int) -> torch
     return torch.stack(
         [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height], -1
     )
-
-
-def _autocast(config: TrainConfig, device: torch.device):
-    if config.amp == "none":
-        return contextlib.nullcontext()
-    if config.amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp=fp16 needs a CUDA device; use amp=bf16 on CPU")
-    dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class _MetricLog:
@@ -289,6 +280,7 @@ def train(
                 f"val {epoch}",
                 config.eval_resolution,
                 config.num_workers,
+                config.amp,
             )
             record = {
                 "epoch": epoch,
@@ -336,7 +328,7 @@ def _step(
     height, width = images.shape[-2:]
     targets = normalized_boxes(batch["box"].to(device), height, width)
     masks = batch["mask"].to(device) if "mask" in batch else None
-    with _autocast(config, device):
+    with amp_context(device, config.amp):
         output = predict_batch(network, batch, device, config.gold_decompositions)
         losses = criterion(output.boxes.float(), output.mask_logits.float(), targets, masks)
     optimizer.zero_grad(set_to_none=True)
