@@ -62,6 +62,9 @@ def test_box_only_benchmark_trains_and_scores_boxes_at_original_size(tmp_path):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["epoch", "train/loss"] and "val/rec/Pr@0.5" in header
+    # A second fresh run into the same folder would prune its checkpoints: refused.
+    with pytest.raises(FileExistsError, match=r"already holds a run.*--resume"):
+        train(config, progress=False, log=lambda message: None)
 
 
 def test_bf16_autocast_step_on_cpu_and_fp16_needs_cuda(synthrs_root):

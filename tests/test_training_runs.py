@@ -211,6 +211,19 @@ def test_predict_and_explain_write_files(small_synthrs, tmp_path, capsys):
     assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
     assert int((mask == 255).sum()) == document["mask_pixels"]
     assert Image.open(tmp_path / "predict" / "overlay.png").mode == "RGB"
+    common = [
+        "--checkpoint",
+        str(tmp_path / "model"),
+        "--image",
+        str(image),
+        "--text",
+        text,
+        "--device",
+        "cpu",
+    ]
+    assert main(["predict", *common, "--amp", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    bf16 = json.loads((tmp_path / "bf16" / "prediction.json").read_text())
+    assert bf16["box_xyxy"] == pytest.approx(document["box_xyxy"], abs=1.0)
 
     assert (
         main(

@@ -4,6 +4,7 @@ split next to the category baseline, print the paper's table and draw prediction
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,25 @@ from .trainer import train
 from .visualize import save_prediction
 
 __all__ = ["run_demo"]
+
+
+_MARKER = ".provg-demo"
+
+
+def _clear_previous_demo(out_dir: Path) -> None:
+    """Delete the checkpoints and logs of an earlier demo in ``out_dir`` (marked by ``.provg-demo``);
+    refuse to touch a folder holding another run."""
+    if (out_dir / "last").is_symlink() and not (out_dir / _MARKER).is_file():
+        raise FileExistsError(
+            f"{out_dir} holds a training run that is not a demo; pass another --out to keep it"
+        )
+    for previous in ("last", "best", "checkpoints", "metrics.csv", "tensorboard"):
+        path = out_dir / previous
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+    (out_dir / _MARKER).write_text("written by provg demo: its checkpoints are replaced on the next demo\n")
 
 
 def run_demo(
@@ -48,6 +68,7 @@ def run_demo(
     print(f"[1/4] generating synthrs (seed {config.seed}) in {config.data_root}")
     generate(config.data_root, seed=config.seed, progress=progress)
     print("[2/4] training")
+    _clear_previous_demo(out_dir)
     result = train(config, progress=progress)
     model = result.model
     test_set = load_dataset(

@@ -148,11 +148,11 @@ def render_explanation(
 
 
 def explain_image(
-    model: ProVG, image: str | Path | torch.Tensor, text: str, out_dir: str | Path
+    model: ProVG, image: str | Path | torch.Tensor, text: str, out_dir: str | Path, amp: str = "none"
 ) -> dict[str, Path]:
     """Predict, compute the PCM maps and write ``explain.png`` (the grid) and ``maps.pt`` (the raw maps)
-    to ``out_dir``; returns the written paths."""
-    prediction = predict_image(model, image, text)
+    to ``out_dir``; returns the written paths. ``amp`` applies to the prediction (the maps are fp32)."""
+    prediction = predict_image(model, image, text, amp)
     device = next(model.parameters()).device
     maps = attention_maps(model, model_input(prediction.image, model.config.image_size).to(device), [text])
     out_dir = Path(out_dir)

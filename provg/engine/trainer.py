@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import math
 import os
 import random
@@ -43,8 +42,6 @@ from .evaluate import evaluate_dataset, predict_batch
 from .inference import amp_context
 
 __all__ = ["TrainResult", "normalized_boxes", "resolve_device", "seed_everything", "train"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -197,6 +194,11 @@ def train(
     )
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     out_dir = Path(config.out_dir)
+    if resume is None and (out_dir / "last").is_symlink():
+        raise FileExistsError(
+            f"{out_dir} already holds a run (last -> {os.readlink(out_dir / 'last')}); pass --resume to "
+            "continue it, or choose another out_dir (--set out_dir=...) so its checkpoints are kept"
+        )
     result = TrainResult(model, out_dir=out_dir)
     first_epoch, skip_batches = 1, 0
     if resume is not None:
