@@ -230,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parse.set_defaults(run=_parse)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    finally:  # leave a torchrun process group cleanly (NCCL warns otherwise)
+        distributed = sys.modules.get("torch.distributed")
+        if distributed is not None and distributed.is_available() and distributed.is_initialized():
+            distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
