@@ -77,7 +77,10 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(small_synthrs
     )
 
     command = _command(
-        "train", str(CONFIG), "--no-progress", *_overrides(small_synthrs, killed, checkpoint_every=1)
+        "train",
+        str(CONFIG),
+        "--no-progress",
+        *_overrides(small_synthrs, killed, checkpoint_every=1, tensorboard="true"),
     )
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_environment())
     deadline = time.monotonic() + 240
@@ -100,7 +103,7 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(small_synthrs
             str(CONFIG),
             "--no-progress",
             "--resume",
-            *_overrides(small_synthrs, killed, checkpoint_every=1),
+            *_overrides(small_synthrs, killed, checkpoint_every=1, tensorboard="true"),
         )
     )
     assert "resuming from" in resumed.stdout
@@ -116,6 +119,12 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(small_synthrs
     )
     expected_metrics = json.loads((whole / "test_metrics.json").read_text())
     assert json.loads((killed / "test_metrics.json").read_text()) == expected_metrics
+    # TensorBoard: every step logged once, the replayed ones purged on resume.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(killed / "tensorboard"), purge_orphaned_data=True).Reload()
+    steps = [event.step for event in events.Scalars("step/loss")]
+    assert steps == list(range(1, load_training_state(find_checkpoint(whole))["global_step"] + 1))
 
 
 def test_ddp_on_two_gloo_processes_evaluates_as_one_process(small_synthrs, tmp_path):

@@ -95,7 +95,9 @@ def normalized_boxes(boxes_xyxy: torch.Tensor, height: int, width: int) -> torch
 class _MetricLog:
     """Per-epoch records to ``metrics.csv`` and TensorBoard, per-step losses to TensorBoard."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool, enabled: bool) -> None:
+    def __init__(
+        self, out_dir: Path, tensorboard: bool, enabled: bool, resumed_step: int | None = None
+    ) -> None:
         self.path = out_dir / "metrics.csv"
         self.enabled = enabled
         self.writer = None
@@ -104,16 +106,19 @@ class _MetricLog:
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            # A resumed run drops the events logged after its checkpoint (steps it will replay).
+            purge = None if resumed_step is None else resumed_step + 1
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
 
     def step(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
-    def epoch(self, history: list[dict[str, Any]]) -> None:
+    def epoch(self, history: list[dict[str, Any]], step: int) -> None:
         """Rewrite metrics.csv from the whole ``history`` (a resumed run's history comes from its
-        checkpoint, so the file never holds an epoch twice) and log the newest record to TensorBoard."""
+        checkpoint, so the file never holds an epoch twice) and log the newest record to TensorBoard at
+        global ``step``."""
         if not self.enabled:
             return
         buffer = io.StringIO()
@@ -125,7 +130,11 @@ class _MetricLog:
         if self.writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"epoch/{key}", value, record["epoch"])
+                    self.writer.add_scalar(f"epoch/{key}", value, step)
+            self.writer.flush()
+
+    def flush(self) -> None:
+        if self.writer is not None:
             self.writer.flush()
 
     def close(self) -> None:
@@ -205,7 +214,9 @@ def train(
         first_epoch, skip_batches = _resume(
             resume, model, optimizer, scheduler, scaler, result, distributed, log
         )
-    metric_log = _MetricLog(out_dir, config.tensorboard, distributed.main)
+    metric_log = _MetricLog(
+        out_dir, config.tensorboard, distributed.main, result.steps if resume is not None else None
+    )
     say = log if distributed.main else (lambda message: None)
     say(
         f"training {config.model} on {config.dataset} ({len(train_set)} train / {len(val_set)} val samples) "
@@ -217,6 +228,7 @@ def train(
 
     def checkpoint(completed_epochs: int, batch: int, best: bool = False) -> None:
         rngs = distributed.gather(capture_rng())
+        metric_log.flush()  # the logs on disk reach at least the checkpoint; a resume purges what follows
         if distributed.main:
             state = {
                 "epoch": completed_epochs,
@@ -292,7 +304,7 @@ def train(
                 "seconds": time.perf_counter() - start,
             }
             result.history.append(record)
-            metric_log.epoch(result.history)
+            metric_log.epoch(result.history, result.steps)
             score = _score(metrics)
             say(
                 f"epoch {epoch:3d}  loss {record.get('train/loss', math.nan):.4f}  "
