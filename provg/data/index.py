@@ -30,6 +30,7 @@ from typing import Any
 from provg.files import atomic_write_text
 
 from .base import GroundingDataset, Record
+from .io import read_json
 from .segmentation import decode_segmentation, encode_rle
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "IndexDataset", "write_index"]
@@ -103,10 +104,7 @@ class IndexDataset(GroundingDataset):
             raise FileNotFoundError(f"no index files (<split>.json) in {root}")
         super().__init__(root, split, transform)
         self.index_file = self.root / f"{split}.json"
-        try:
-            document = json.loads(self.index_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{self.index_file}: not valid JSON ({error})") from error
+        document = read_json(self.index_file, "index file")
         if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
             raise ValueError(f'{self.index_file}: not a provg index (no "format": {INDEX_FORMAT!r})')
         if document.get("version") != INDEX_VERSION:

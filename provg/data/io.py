@@ -1,5 +1,5 @@
-"""Reading the files of the benchmarks (images, masks, text files) with errors that name the file, and the
-box of a mask.
+"""Reading the files of the benchmarks (images, masks, text and JSON files) with errors that name the
+file, and the box of a mask.
 
 Missing files raise `FileNotFoundError`, undecodable ones `ValueError`; both messages start with or
 contain the path, so a broken sample in a 50k-sample split can be found and fixed.
@@ -7,7 +7,11 @@ contain the path, so a broken sample in a 50k-sample split can be found and fixe
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,42 +19,39 @@ from PIL import Image
 
 from provg.ops.mask_to_box import mask_to_box
 
-__all__ = ["image_size", "load_image", "load_mask", "mask_box", "read_lines"]
+__all__ = ["image_size", "load_image", "load_mask", "mask_box", "read_json", "read_lines"]
+
+
+@contextlib.contextmanager
+def _open_image(path: str | Path, what: str) -> Iterator[Image.Image]:
+    """The PIL image at ``path``; a missing or undecodable file raises naming it (``what``: image, mask)."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot decode {what} ({error})") from error
 
 
 def load_image(path: str | Path) -> torch.Tensor:
     """An RGB image as a 3×H×W float tensor in [0, 1]."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as error:
-        raise ValueError(f"{path}: cannot decode image ({error})") from error
+    with _open_image(path, "image") as image:
+        array = np.asarray(image.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image, read from its header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as error:
-        raise ValueError(f"{path}: cannot decode image ({error})") from error
+    with _open_image(path, "image") as image:
+        width, height = image.size
     return height, width
 
 
 def load_mask(path: str | Path, threshold: int) -> np.ndarray:
     """A (H, W) bool mask: the pixels of the grayscale image at ``path`` with a value above ``threshold``."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"mask not found: {path}") from None
-    except OSError as error:
-        raise ValueError(f"{path}: cannot decode mask ({error})") from error
+    with _open_image(path, "mask") as image:
+        array = np.asarray(image.convert("L"))
     return array > threshold
 
 
@@ -64,6 +65,16 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
         return None
     x0, y0, x1, y1 = box.tolist()
     return x0, y0, x1, y1
+
+
+def read_json(path: str | Path, what: str = "annotation file") -> Any:
+    """The JSON document at ``path``; a missing file or invalid JSON raises naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def read_lines(path: str | Path, what: str = "annotation file") -> list[str]:

@@ -10,7 +10,6 @@ bottom/right to the image size, keeping pixels aligned; ``"resize"`` resizes the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 from .base import SPLITS, GroundingDataset, Record, check_option
-from .io import image_size, load_image
+from .io import image_size, load_image, read_json
 from .safe_pickle import load_plain_pickle
 from .segmentation import decode_segmentation
 
@@ -28,16 +27,6 @@ from .segmentation import decode_segmentation
 __all__ = ["RRSISD", "SPLITS", "fit_mask", "load_image"]
 
 _MISMATCH = ("pad", "resize", "error")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def fit_mask(
@@ -90,7 +79,7 @@ class RRSISD(GroundingDataset):
         if not isinstance(refs, list):
             raise ValueError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
         instances_path = self.root / "rrsisd" / "instances.json"
-        instances = _read_json(instances_path)
+        instances = read_json(instances_path)
         for key in ("images", "annotations", "categories"):
             if key not in instances:
                 raise ValueError(f"{instances_path}: missing the COCO key {key!r}")
