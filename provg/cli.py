@@ -32,28 +32,10 @@ def _write_json(path: Path, document: dict) -> None:
 
 
 def _test_metrics(config, model, distributed, split: str, progress: bool) -> dict[str, float]:
-    from provg.data import load_dataset
-    from provg.engine.evaluate import evaluate_dataset
+    from provg.engine.trainer import evaluate_split, load_split
 
-    options = dict(config.dataset_options)
-    if config.eval_resolution == "original":
-        options["keep_original"] = True
-    dataset = load_dataset(
-        config.dataset, config.data_root, split, image_size=model.config.image_size, **options
-    )
-    return evaluate_dataset(
-        model,
-        dataset,
-        config.eval_batch_size,
-        distributed.device,
-        distributed,
-        config.gold_decompositions,
-        progress,
-        split,
-        config.eval_resolution,
-        config.num_workers,
-        config.amp,
-    )
+    dataset = load_split(config, split, model.config.image_size, evaluation=True)
+    return evaluate_split(model, dataset, config, distributed, progress, split)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -180,24 +180,17 @@ def test_predict_and_explain_write_files(small_synthrs, tmp_path, capsys):
     model.save_pretrained(tmp_path / "model")
     image = next((small_synthrs / "images" / "rrsisd" / "JPEGImages").iterdir())
     text = "the large white storage tank at the top left"
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(tmp_path / "model"),
-                "--image",
-                str(image),
-                "--text",
-                text,
-                "--out",
-                str(tmp_path / "predict"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    common = [
+        "--checkpoint",
+        str(tmp_path / "model"),
+        "--image",
+        str(image),
+        "--text",
+        text,
+        "--device",
+        "cpu",
+    ]
+    assert main(["predict", *common, "--out", str(tmp_path / "predict")]) == 0
     document = json.loads((tmp_path / "predict" / "prediction.json").read_text())
     assert json.loads(capsys.readouterr().out) == document
 
@@ -220,38 +213,11 @@ def test_predict_and_explain_write_files(small_synthrs, tmp_path, capsys):
     assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
     assert int((mask == 255).sum()) == document["mask_pixels"]
     assert Image.open(tmp_path / "predict" / "overlay.png").mode == "RGB"
-    common = [
-        "--checkpoint",
-        str(tmp_path / "model"),
-        "--image",
-        str(image),
-        "--text",
-        text,
-        "--device",
-        "cpu",
-    ]
     assert main(["predict", *common, "--amp", "bf16", "--out", str(tmp_path / "bf16")]) == 0
     bf16 = json.loads((tmp_path / "bf16" / "prediction.json").read_text())
     assert bf16["box_xyxy"] == pytest.approx(document["box_xyxy"], abs=1.0)
 
-    assert (
-        main(
-            [
-                "explain",
-                "--checkpoint",
-                str(tmp_path / "model"),
-                "--image",
-                str(image),
-                "--text",
-                text,
-                "--out",
-                str(tmp_path / "explain"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["explain", *common, "--out", str(tmp_path / "explain")]) == 0
     maps = torch.load(tmp_path / "explain" / "maps.pt", weights_only=True)
     sizes = [(32, 32), (16, 16), (8, 8), (4, 4)]
     assert [tuple(stage["locate"].shape) for stage in maps] == sizes

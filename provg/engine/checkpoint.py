@@ -26,7 +26,7 @@ import torch
 
 from provg.files import atomic_directory, atomic_path, replace_symlink
 from provg.models import ProVG
-from provg.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
+from provg.models.pretrained import WEIGHTS_FILE, load_pretrained, save_pretrained
 
 __all__ = [
     "STATE_FILE",
@@ -176,7 +176,4 @@ def load_checkpoint_model(
     checkpoint: str | Path, device: str | torch.device = "cpu", prefer: str = "best", **overrides: Any
 ) -> ProVG:
     """The model of a checkpoint or model directory, or of a run folder's ``prefer`` checkpoint."""
-    folder = find_checkpoint(checkpoint, prefer)
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{folder / CONFIG_FILE} not found")
-    return load_pretrained(folder, device, **overrides)
+    return load_pretrained(find_checkpoint(checkpoint, prefer), device, **overrides)

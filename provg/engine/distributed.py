@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-__all__ = ["Distributed", "ResumableSampler", "ShardedBatches", "setup_distributed"]
+__all__ = ["Distributed", "ResumableSampler", "ShardedBatches", "resolve_device", "setup_distributed"]
 
 
 @dataclass(frozen=True)
@@ -51,25 +51,30 @@ class Distributed:
         return values
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (a GPU when CUDA is available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; CUDA without a
+    GPU raises."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    return device
+
+
 def setup_distributed(device: str = "auto") -> Distributed:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), or run
     alone. ``device``: "auto" (a GPU per rank when CUDA is available), "cpu", "cuda" or "cuda:N"."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device=cpu")
+    chosen = resolve_device(device)
+    use_cuda = chosen.type == "cuda"
     if use_cuda:
-        chosen = (
-            torch.device("cuda", local_rank)
-            if world > 1
-            else torch.device("cuda" if device == "auto" else device)
-        )
+        if world > 1:
+            chosen = torch.device("cuda", local_rank)
         if chosen.index is not None:
             torch.cuda.set_device(chosen)
-    else:
-        chosen = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))

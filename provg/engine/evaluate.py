@@ -58,9 +58,9 @@ def _update(
             "dataset with keep_original=True"
         )
     input_height, input_width = output.mask_logits.shape[-2:]
+    boxes = output.boxes_xyxy().float().cpu()
     for i, (height, width) in enumerate(batch["original_size"]):
-        scale = torch.tensor([width / input_width, height / input_height] * 2)
-        box = output.boxes_xyxy()[i].float().cpu() * scale
+        box = boxes[i] * torch.tensor([width / input_width, height / input_height] * 2)
         pred_mask = gt_mask = None
         if has_masks:
             logits = F.interpolate(

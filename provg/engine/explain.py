@@ -113,9 +113,13 @@ def render_explanation(
     prediction: Prediction, maps: list[dict[str, torch.Tensor]], tile: int = 256
 ) -> Image.Image:
     """A grid: one row per stage; columns the prediction, then survey, locate and verify maps."""
-    picture = draw_prediction(
-        prediction.image, "", torch.tensor(prediction.box), prediction.mask, None, "", scale=1
-    ).convert("RGB")
+    picture = (
+        draw_prediction(
+            prediction.image, "", torch.tensor(prediction.box), prediction.mask, None, "", scale=1
+        )
+        .convert("RGB")
+        .resize((tile, tile))
+    )
     base = np.asarray(
         Image.fromarray((prediction.image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize(
             (tile, tile)
@@ -131,7 +135,7 @@ def render_explanation(
         draw.text((column * tile + 4, 19), name, fill=(200, 200, 200), font=font)
     for row, stage_maps in enumerate(maps):
         top = header + row * (tile + label)
-        canvas.paste(picture.resize((tile, tile)), (0, top))
+        canvas.paste(picture, (0, top))
         draw.text((4, top + tile + 1), f"stage {row + 1}", fill=(200, 200, 200), font=font)
         for column, step in enumerate(STEPS, start=1):
             if step not in stage_maps:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from provg.data import collate, load_dataset
@@ -37,11 +37,19 @@ from provg.models.pretrained import WEIGHTS_FILE
 
 from .checkpoint import capture_rng, find_checkpoint, load_training_state, restore_rng, save_checkpoint
 from .config import TrainConfig
-from .distributed import Distributed, ResumableSampler, setup_distributed
+from .distributed import Distributed, ResumableSampler, resolve_device, setup_distributed
 from .evaluate import evaluate_dataset, predict_batch
 from .inference import amp_context
 
-__all__ = ["TrainResult", "normalized_boxes", "resolve_device", "seed_everything", "train"]
+__all__ = [
+    "TrainResult",
+    "evaluate_split",
+    "load_split",
+    "normalized_boxes",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
 
 
 @dataclass
@@ -67,15 +75,6 @@ def enable_determinism() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return device
 
 
 def _score(metrics: dict[str, float]) -> float:
@@ -131,7 +130,6 @@ class _MetricLog:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     self.writer.add_scalar(f"epoch/{key}", value, step)
-            self.writer.flush()
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -142,19 +140,37 @@ class _MetricLog:
             self.writer.close()
 
 
-def _datasets(config: TrainConfig, image_size: int):
+def load_split(config: TrainConfig, split: str, image_size: int, evaluation: bool = False) -> Dataset:
+    """The ``split`` of the config's dataset at the network input size; an evaluation split keeps the
+    original-resolution targets when ``eval_resolution`` is "original"."""
     options = dict(config.dataset_options)
-    train_set = load_dataset(
-        config.dataset, config.data_root, config.train_split, image_size=image_size, **options
-    )
-    if config.eval_resolution == "original":
+    if evaluation and config.eval_resolution == "original":
         options["keep_original"] = True
-    val_set = load_dataset(
-        config.dataset, config.data_root, config.val_split, image_size=image_size, **options
+    return load_dataset(config.dataset, config.data_root, split, image_size=image_size, **options)
+
+
+def evaluate_split(
+    model: ProVG,
+    dataset: Dataset,
+    config: TrainConfig,
+    distributed: Distributed,
+    progress: bool,
+    description: str,
+) -> dict[str, float]:
+    """`evaluate_dataset` with the config's batch size, resolution, workers and autocast."""
+    return evaluate_dataset(
+        model,
+        dataset,
+        config.eval_batch_size,
+        distributed.device,
+        distributed,
+        config.gold_decompositions,
+        progress,
+        description,
+        config.eval_resolution,
+        config.num_workers,
+        config.amp,
     )
-    if config.val_limit is not None:
-        val_set = Subset(val_set, range(min(config.val_limit, len(val_set))))
-    return train_set, val_set
 
 
 def train(
@@ -178,7 +194,10 @@ def train(
         enable_determinism()
     model = model or create_model(config.model, **config.model_overrides)
     model.to(device)
-    train_set, val_set = _datasets(config, model.config.image_size)
+    train_set = load_split(config, config.train_split, model.config.image_size)
+    val_set = load_split(config, config.val_split, model.config.image_size, evaluation=True)
+    if config.val_limit is not None:
+        val_set = Subset(val_set, range(min(config.val_limit, len(val_set))))
     sampler = ResumableSampler(train_set, distributed.world, distributed.rank, config.seed)
     train_loader = DataLoader(
         train_set,
@@ -283,19 +302,7 @@ def train(
                 ):
                     checkpoint(epoch - 1, done)
             scheduler.step()
-            metrics = evaluate_dataset(
-                model,
-                val_set,
-                config.eval_batch_size,
-                device,
-                distributed,
-                config.gold_decompositions,
-                progress,
-                f"val {epoch}",
-                config.eval_resolution,
-                config.num_workers,
-                config.amp,
-            )
+            metrics = evaluate_split(model, val_set, config, distributed, progress, f"val {epoch}")
             record = {
                 "epoch": epoch,
                 **{f"train/{k}": v / max(steps, 1) for k, v in totals.items()},
