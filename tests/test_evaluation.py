@@ -118,3 +118,45 @@ def test_bf16_inference_agrees_with_fp32(synthrs_root):
     assert logit_error > 0  # bf16 did run
     with pytest.raises(ValueError, match="amp=fp16 needs a CUDA device"):
         predict_image(model, samples[0]["image"], texts[0], amp="fp16")
+
+
+def test_explain_maps_equal_the_gates_the_model_applies(synthrs_root):
+    """Each map against the gate recovered from the model's own (fused-op) forward: a fresh PCM's
+    projections are the identity, so locate's output is x·g and verify's is x ⊙ g; survey's gate is
+    the fused survey op applied to ones."""
+    from provg.engine.explain import attention_maps
+    from provg.engine.inference import model_input
+    from provg.ops import survey_gate
+
+    torch.manual_seed(0)
+    model = provg.create_model("provg_tiny", text_cache_size=0).eval()
+    sample = load_dataset("synthrs", synthrs_root, "val")[0]
+    images = model_input(sample["image"], 128)
+    seen: dict[str, tuple] = {}
+
+    def keep(name):
+        return lambda module, args, output: seen.__setitem__(name, (args, output))
+
+    pcm = model.pcm[1]
+    handles = [
+        getattr(pcm, step).register_forward_hook(keep(step)) for step in ("survey", "locate", "verify")
+    ]
+    with torch.inference_mode():
+        maps = attention_maps(model, images, [sample["text"]])
+    for handle in handles:
+        handle.remove()
+    size = maps[1]["locate"].shape[-2:]
+
+    (x, _, _), y = seen["locate"]
+    strongest = x.abs().argmax(dim=-1, keepdim=True)
+    gate = (y.gather(-1, strongest) / x.gather(-1, strongest))[0, :, 0]
+    torch.testing.assert_close(maps[1]["locate"][0].flatten(), gate, rtol=1e-4, atol=1e-5)
+
+    _, y = seen["verify"]
+    torch.testing.assert_close(maps[1]["verify"][0], y[0].norm(dim=-1).reshape(size), rtol=1e-4, atol=1e-5)
+
+    (x, language, mask, hw), _ = seen["survey"]
+    with torch.inference_mode():
+        q, k, v = pcm.survey.gate_inputs(x, language, hw)
+        gate = survey_gate(torch.ones_like(x), q, k, v, mask, pcm.survey.heads)
+    torch.testing.assert_close(maps[1]["survey"][0], gate[0].mean(-1).reshape(size), rtol=1e-4, atol=1e-5)
