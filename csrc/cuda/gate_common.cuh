@@ -100,3 +100,17 @@ inline int64_t warp_blocks(int64_t warps) {
 
 }  // namespace cuda
 }  // namespace provg
+
+// Runs the lambda with `constexpr int MAX_N` = 16, 32 or 64, the smallest register array of scores
+// that holds N language tokens (the gates accept at most 64).
+#define PROVG_DISPATCH_KEYS(N, ...) \
+  if ((N) <= 16) {                  \
+    constexpr int MAX_N = 16;       \
+    __VA_ARGS__();                  \
+  } else if ((N) <= 32) {           \
+    constexpr int MAX_N = 32;       \
+    __VA_ARGS__();                  \
+  } else {                          \
+    constexpr int MAX_N = 64;       \
+    __VA_ARGS__();                  \
+  }

@@ -101,18 +101,6 @@ void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const 
   TORCH_CHECK(k.size(1) <= 64, "locate_gate_cuda: at most 64 language tokens, got ", k.size(1));
 }
 
-#define PROVG_DISPATCH_KEYS(N, ...) \
-  if ((N) <= 16) {                  \
-    constexpr int MAX_N = 16;       \
-    __VA_ARGS__();                  \
-  } else if ((N) <= 32) {           \
-    constexpr int MAX_N = 32;       \
-    __VA_ARGS__();                  \
-  } else {                          \
-    constexpr int MAX_N = 64;       \
-    __VA_ARGS__();                  \
-  }
-
 }  // namespace
 
 at::Tensor locate_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& b_,

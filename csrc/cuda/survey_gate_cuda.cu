@@ -177,18 +177,6 @@ void check(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK(heads >= 1 && x.size(2) % heads == 0, "survey_gate_cuda: channels not divisible by heads");
 }
 
-#define PROVG_DISPATCH_KEYS(N, ...)      \
-  if ((N) <= 16) {                       \
-    constexpr int MAX_N = 16;            \
-    __VA_ARGS__();                       \
-  } else if ((N) <= 32) {                \
-    constexpr int MAX_N = 32;            \
-    __VA_ARGS__();                       \
-  } else {                               \
-    constexpr int MAX_N = 64;            \
-    __VA_ARGS__();                       \
-  }
-
 }  // namespace
 
 at::Tensor survey_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& k_,
