@@ -58,6 +58,7 @@ def test_installed_layout_has_no_generic_top_level_packages(installed):
     assert (installed / "provg" / "parsers" / "__init__.py").is_file()
     assert (installed / "provg" / "configs" / "synthrs_tiny.yaml").is_file()
     assert (installed / "provg" / "configs" / "ablations" / "table4_no_cfm.yaml").is_file()
+    assert (installed / "provg" / "ops" / "triton" / "survey_gate.py").is_file()
     assert not (installed / "parsers").exists()
     assert not (installed / "configs").exists()
     result = _run(installed, "import parsers")
