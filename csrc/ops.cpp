@@ -17,4 +17,13 @@ TORCH_LIBRARY(provg, m) {
   m.def(
       "verify_gate_backward(Tensor grad, Tensor x, Tensor k, Tensor v, Tensor key_mask, Tensor w_q) -> "
       "(Tensor dx, Tensor dk, Tensor dv, Tensor dw_q)");
+  // RepVGG block (Sec. 4.3): the training-mode fused tail SiLU(Σ_i BN_i(x_i)) and the deploy-mode
+  // convolution SiLU(conv3×3(x) + b) [+ r]: the kernels behind provg.ops.{rep_bn_add_silu,conv3x3_bias_silu}.
+  m.def(
+      "rep_bn_add_silu_forward(Tensor[] inputs, Tensor weight, Tensor bias, Tensor mean, Tensor var, "
+      "bool training, float eps) -> (Tensor y, Tensor mean, Tensor var)");
+  m.def(
+      "rep_bn_add_silu_backward(Tensor grad, Tensor[] inputs, Tensor weight, Tensor bias, Tensor mean, "
+      "Tensor var, bool training, float eps) -> (Tensor[] dinputs, Tensor dweight, Tensor dbias)");
+  m.def("conv3x3_bias_silu_forward(Tensor x, Tensor weight, Tensor bias, Tensor? residual) -> Tensor");
 }

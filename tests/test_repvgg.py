@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -92,12 +94,17 @@ def test_reparameterize_refuses_train_mode():
         reparameterize(block)
 
 
-def test_whole_model_deploy_equals_train_float64():
-    model = provg.create_model("provg_tiny", image_size=96, rep_identity=True).double()
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-ops", "torch-ops"])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_whole_model_deploy_equals_train(fused, dtype, tolerance, monkeypatch):
+    """Train form in eval mode vs `reparameterize`d model, with the fused RepVGG ops on and off."""
+    if not fused:
+        monkeypatch.setenv("PROVG_BACKEND", "torch")
+    model = provg.create_model("provg_tiny", image_size=96, rep_identity=True).to(dtype)
     _random_bn_statistics(model.cfm, 11)
     _random_bn_statistics(model.lcd, 12)
     model.eval()
-    images = torch.randn(2, 3, 96, 96, dtype=torch.float64)
+    images = torch.randn(2, 3, 96, 96, dtype=dtype, generator=torch.Generator().manual_seed(0))
     texts = ["the small red ship on the left", "a storage tank"]
     with torch.no_grad():
         expected = model(images, texts)
@@ -107,5 +114,77 @@ def test_whole_model_deploy_equals_train_float64():
     projections = [m for m in model.modules() if isinstance(m, ConvBNAct)]
     assert len(projections) == 29 and all(m.deployed for m in projections)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in (*model.cfm.modules(), *model.lcd.modules()))
-    torch.testing.assert_close(got.boxes, expected.boxes, rtol=0, atol=1e-10)
-    torch.testing.assert_close(got.mask_logits, expected.mask_logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got.boxes, expected.boxes, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(got.mask_logits, expected.mask_logits, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("identity", [False, True])
+def test_block_fused_training_matches_modules(identity, monkeypatch):
+    """A train-mode FusionBlock with the fused tail gives the unfused block's outputs, parameter
+    gradients and running statistics (float64), over three steps."""
+    fused = FusionBlock(6, num_blocks=2, identity=identity).double()
+    _random_bn_statistics(fused, 5)
+    eager = copy.deepcopy(fused)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(2, 6, 7, 5, dtype=torch.float64, generator=g)
+        y = fused(x)
+        y.square().sum().backward()
+        monkeypatch.setenv("PROVG_BACKEND", "torch")
+        y_eager = eager(x)
+        y_eager.square().sum().backward()
+        monkeypatch.delenv("PROVG_BACKEND")
+        torch.testing.assert_close(y, y_eager, rtol=1e-10, atol=1e-10)
+    for (name, a), (_, b) in zip(fused.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
+    for (name, a), (_, b) in zip(fused.named_buffers(), eager.named_buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_fusion_block_compiles_fullgraph_with_fused_ops(monkeypatch):
+    """torch.compile(fullgraph=True) runs the fused tail (forward and backward, running statistics) and
+    the deploy convolution without a graph break, and agrees with the eager modules."""
+    block = FusionBlock(8, num_blocks=2, identity=True)
+    eager = copy.deepcopy(block)
+    x = torch.randn(2, 8, 9, 7, generator=torch.Generator().manual_seed(2))
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.compile(block, fullgraph=True)(x)
+    y.square().sum().backward()
+    monkeypatch.setenv("PROVG_BACKEND", "torch")
+    y_eager = eager(x)
+    y_eager.square().sum().backward()
+    monkeypatch.delenv("PROVG_BACKEND")
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(block.parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+    for a, b in zip(block.buffers(), eager.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    block.eval()
+    eager.eval()
+    reparameterize(block)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(block, fullgraph=True)(x), eager(x), rtol=1e-5, atol=1e-5)
+
+
+def test_reparameterized_model_exports(tmp_path):
+    """torch.export of the deploy model's vision path, saved and loaded, matches the eager deploy model."""
+    from provg.models.export import export_ground, language_tensors
+
+    model = provg.create_model("provg_tiny", image_size=96).eval()
+    _random_bn_statistics(model.cfm, 13)
+    provg.reparameterize(model)
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    language = model.encode_text(["the small red ship on the left", "a storage tank"])
+    program = export_ground(model, images, language)
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert "provg.conv3x3_bias_silu.default" in targets and "provg.survey_gate.default" in targets
+    torch.export.save(program, tmp_path / "ground.pt2")
+    loaded = torch.export.load(tmp_path / "ground.pt2")
+    with torch.no_grad():
+        expected = model.ground(images, language)
+        boxes, mask_logits = loaded.module()(images, *language_tensors(language))
+    torch.testing.assert_close(boxes, expected.boxes, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mask_logits, expected.mask_logits, rtol=1e-5, atol=1e-5)
+    model.train()
+    with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
+        export_ground(model, images, language)

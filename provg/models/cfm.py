@@ -34,7 +34,13 @@ class FusionBlock(nn.Module):
         self.conv3 = ConvBNAct(hidden, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv3(self.blocks(self.conv1(x)) + self.conv2(x))
+        hidden = self.conv1(x)
+        if len(self.blocks) == 0:
+            return self.conv3(hidden + self.conv2(x))
+        for block in self.blocks[:-1]:
+            hidden = block(hidden)
+        # NOTE: the last block adds conv2's branch itself (fused into its convolution once deployed).
+        return self.conv3(self.blocks[-1](hidden, residual=self.conv2(x)))
 
 
 class CFM(nn.Module):

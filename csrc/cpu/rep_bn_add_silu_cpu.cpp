@@ -1,0 +1,420 @@
+// CPU kernels of provg::rep_bn_add_silu_{forward,backward}: the training-mode RepVGG tail
+// SiLU(Σ_i BN_i(x_i)) (ProVG Sec. 4.3) in two passes per direction.
+//
+// Forward: one pass reads every branch for the shifted per-channel sums Σ(x−k), Σ(x−k)² (k = the
+// channel's first element), one pass reads them again and writes y = SiLU(Σ_i scale_i·x_i + shift).
+// Backward: one pass recomputes the pre-activation s and ds = grad·SiLU'(s) and reduces Σ ds and
+// Σ ds·(x_i − μ_i); one pass recomputes ds and writes dx_i = α_i·ds + β_i·x_i + γ_i. Channels-last
+// inputs are rows of C channels (work split over blocks of rows, per-block partials); NCHW inputs are
+// planes of H·W positions (work split over channels for the sums, over planes for the writes). Partials
+// are added in a fixed order, in double, so results do not depend on the thread count.
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../repconv.h"
+#include "gate_common.h"
+
+namespace provg {
+namespace {
+
+using namespace cpu;
+
+constexpr int64_t kRows = 128;  // channels-last rows per block of work and of partial sums
+
+struct Geometry {
+  int64_t batch, channels, positions;  // B, C, L = H·W
+  bool channels_last;
+  int64_t count() const { return batch * positions; }  // n: values per channel
+};
+
+Geometry check_inputs(at::TensorList inputs, const at::Tensor& weight, const at::Tensor& bias, const char* op) {
+  TORCH_CHECK(!inputs.empty() && inputs.size() <= 3, op, ": 1 to 3 branch inputs, got ", inputs.size());
+  const at::Tensor& x = inputs[0];
+  TORCH_CHECK(x.dim() == 4, op, ": inputs must be (B, C, H, W), got ", x.sizes());
+  const bool nchw = x.is_contiguous();
+  const bool nhwc = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(nchw || nhwc, op, ": inputs must be contiguous or channels-last contiguous, got strides ",
+              x.strides());
+  for (const at::Tensor& t : inputs) {
+    TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == x.scalar_type() && t.device() == x.device(), op,
+                ": every branch must match the first one's shape ", x.sizes(), " and dtype ", x.scalar_type());
+    TORCH_CHECK(nchw ? t.is_contiguous() : t.is_contiguous(at::MemoryFormat::ChannelsLast), op,
+                ": every branch must have the first one's memory layout");
+  }
+  const int64_t k = static_cast<int64_t>(inputs.size()), c = x.size(1);
+  for (const at::Tensor* p : {&weight, &bias}) {
+    TORCH_CHECK(p->dim() == 2 && p->size(0) == k && p->size(1) == c, op, ": weight and bias must be (", k, ", ", c,
+                "), got ", p->sizes());
+    TORCH_CHECK(p->scalar_type() == x.scalar_type() && p->is_contiguous(), op,
+                ": weight and bias must be contiguous ", x.scalar_type());
+  }
+  return {x.size(0), c, x.size(2) * x.size(3), !nchw};
+}
+
+void check_statistics(const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight, const char* op) {
+  for (const at::Tensor* s : {&mean, &var})
+    TORCH_CHECK(s->sizes() == weight.sizes() && s->scalar_type() == weight.scalar_type() && s->is_contiguous(), op,
+                ": mean and var must be contiguous ", weight.sizes(), " ", weight.scalar_type(), " in eval mode, got ",
+                s->sizes());
+}
+
+template <typename T>
+struct Branches {
+  const T* x[3];
+  int64_t k;
+};
+
+template <typename T>
+Branches<T> branches(at::TensorList inputs) {
+  Branches<T> b{{nullptr, nullptr, nullptr}, static_cast<int64_t>(inputs.size())};
+  for (int64_t i = 0; i < b.k; ++i) b.x[i] = inputs[i].const_data_ptr<T>();
+  return b;
+}
+
+// s[i] = shift[c] + Σ_k scale[k][c]·x_k[offset + i] over a run of n values, where the channel c is i
+// (PerChannel: a channels-last row) or fixed (a plane of one channel; scale/shift point at it).
+template <bool PerChannel, typename T>
+inline void pre_activation(const Branches<T>& in, int64_t offset, const T* scale, int64_t scale_stride, const T* shift,
+                           T* s, int64_t n) {
+  const T* x0 = in.x[0] + offset;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) s[i] = shift[PerChannel ? i : 0] + scale[PerChannel ? i : 0] * x0[i];
+  for (int64_t k = 1; k < in.k; ++k) {
+    const T* xk = in.x[k] + offset;
+    const T* sk = scale + k * scale_stride;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) s[i] += sk[PerChannel ? i : 0] * xk[i];
+  }
+}
+
+// y = s·σ(s), in place.
+template <typename T>
+inline void silu_inplace(T* s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) s[i] = s[i] * sigmoid(s[i]);
+}
+
+template <>
+inline void silu_inplace<float>(float* s, int64_t n) {
+  using Vec = at::vec::Vectorized<float>;
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec v = Vec::loadu(s + i);
+    (v / (Vec(1.f) + v.neg().exp_u20())).store(s + i);
+  }
+  for (; i < n; ++i) s[i] = s[i] * sigmoid(s[i]);
+}
+
+// s ← grad·SiLU'(s) = grad·σ(s)·(1 + s·(1 − σ(s))), in place.
+template <typename T>
+inline void silu_backward_inplace(T* s, const T* grad, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = sigmoid(s[i]);
+    s[i] = grad[i] * g * (T(1) + s[i] * (T(1) - g));
+  }
+}
+
+template <>
+inline void silu_backward_inplace<float>(float* s, const float* grad, int64_t n) {
+  using Vec = at::vec::Vectorized<float>;
+  const Vec one(1.f);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec v = Vec::loadu(s + i);
+    const Vec g = one / (one + v.neg().exp_u20());
+    (Vec::loadu(grad + i) * g * (one + v * (one - g))).store(s + i);
+  }
+  for (; i < n; ++i) {
+    const float g = sigmoid(s[i]);
+    s[i] = grad[i] * g * (1.f + s[i] * (1.f - g));
+  }
+}
+
+// ---- forward statistics: mean and biased variance per (branch, channel), from shifted sums ----
+
+template <typename T>
+std::pair<at::Tensor, at::Tensor> batch_statistics(const Branches<T>& in, const Geometry& g,
+                                                   const at::TensorOptions& options) {
+  const int64_t K = in.k, C = g.channels, n = g.count();
+  // shifts[k][c] = x_k[b = 0, c, l = 0]
+  std::vector<T> shifts(K * C);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c) shifts[k * C + c] = in.x[k][g.channels_last ? c : c * g.positions];
+  std::vector<double> s1(K * C, 0.0), s2(K * C, 0.0);
+  if (g.channels_last) {
+    const int64_t rows = n, blocks = (rows + kRows - 1) / kRows;
+    std::vector<T> partials(blocks * 2 * K * C);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        T* p1 = partials.data() + blk * 2 * K * C;
+        T* p2 = p1 + K * C;
+        std::fill(p1, p1 + 2 * K * C, T(0));
+        for (int64_t r = blk * kRows; r < std::min(rows, (blk + 1) * kRows); ++r)
+          for (int64_t k = 0; k < K; ++k) {
+            const T* x = in.x[k] + r * C;
+            const T* sh = shifts.data() + k * C;
+            T* a1 = p1 + k * C;
+            T* a2 = p2 + k * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              const T d = x[c] - sh[c];
+              a1[c] += d;
+              a2[c] += d * d;
+            }
+          }
+      }
+    });
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      for (int64_t i = 0; i < K * C; ++i) {
+        s1[i] += partials[blk * 2 * K * C + i];
+        s2[i] += partials[blk * 2 * K * C + K * C + i];
+      }
+  } else {
+    at::parallel_for(0, K * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t k = job / C, c = job % C;
+        const T sh = shifts[job];
+        for (int64_t b = 0; b < g.batch; ++b) {
+          const T* x = in.x[k] + (b * C + c) * g.positions;
+          T a1 = T(0), a2 = T(0);
+#pragma omp simd reduction(+ : a1, a2)
+          for (int64_t l = 0; l < g.positions; ++l) {
+            const T d = x[l] - sh;
+            a1 += d;
+            a2 += d * d;
+          }
+          s1[job] += a1;
+          s2[job] += a2;
+        }
+      }
+    });
+  }
+  at::Tensor mean = at::empty({K, C}, options), var = at::empty({K, C}, options);
+  T* m = mean.data_ptr<T>();
+  T* v = var.data_ptr<T>();
+  for (int64_t i = 0; i < K * C; ++i) {
+    const double first = s1[i] / n;
+    m[i] = static_cast<T>(shifts[i] + first);
+    v[i] = static_cast<T>(std::max(s2[i] / n - first * first, 0.0));
+  }
+  return {mean, var};
+}
+
+// Per (branch, channel) scale_i = γ_i/√(σ²_i + ε), and shift = Σ_i (β_i − μ_i·scale_i) per channel.
+template <typename T>
+void affine(const T* weight, const T* bias, const T* mean, const T* var, int64_t K, int64_t C, double eps, T* scale,
+            T* rstd, T* shift) {
+  for (int64_t c = 0; c < C; ++c) shift[c] = T(0);
+  for (int64_t i = 0; i < K * C; ++i) {
+    rstd[i] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var[i]) + eps));
+    scale[i] = weight[i] * rstd[i];
+    shift[i % C] += bias[i] - mean[i] * scale[i];
+  }
+}
+
+template <typename T>
+void write_output(const Branches<T>& in, const Geometry& g, const T* scale, const T* shift, T* y) {
+  const int64_t C = g.channels, L = g.positions;
+  if (g.channels_last) {
+    const int64_t rows = g.count();
+    at::parallel_for(0, rows, kRows, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        pre_activation<true>(in, r * C, scale, C, shift, y + r * C, C);
+        silu_inplace(y + r * C, C);
+      }
+    });
+  } else {
+    at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % C;
+        pre_activation<false>(in, plane * L, scale + c, C, shift + c, y + plane * L, L);
+        silu_inplace(y + plane * L, L);
+      }
+    });
+  }
+}
+
+// ---- backward ----
+
+// Σ ds and Σ ds·(x_k − μ_k) per channel: sums (K + 1, C) in double, row 0 = Σ ds.
+template <typename T>
+std::vector<double> gradient_sums(const T* grad, const Branches<T>& in, const Geometry& g, const T* scale,
+                                  const T* shift, const T* mean) {
+  const int64_t K = in.k, C = g.channels, L = g.positions;
+  std::vector<double> sums((K + 1) * C, 0.0);
+  if (g.channels_last) {
+    const int64_t rows = g.count(), blocks = (rows + kRows - 1) / kRows;
+    std::vector<T> partials(blocks * (K + 1) * C);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> ds(C);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        T* p = partials.data() + blk * (K + 1) * C;
+        std::fill(p, p + (K + 1) * C, T(0));
+        for (int64_t r = blk * kRows; r < std::min(rows, (blk + 1) * kRows); ++r) {
+          pre_activation<true>(in, r * C, scale, C, shift, ds.data(), C);
+          silu_backward_inplace(ds.data(), grad + r * C, C);
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) p[c] += ds[c];
+          for (int64_t k = 0; k < K; ++k) {
+            const T* x = in.x[k] + r * C;
+            const T* mk = mean + k * C;
+            T* pk = p + (k + 1) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) pk[c] += ds[c] * (x[c] - mk[c]);
+          }
+        }
+      }
+    });
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      for (int64_t i = 0; i < (K + 1) * C; ++i) sums[i] += partials[blk * (K + 1) * C + i];
+  } else {
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> ds(L);
+      for (int64_t c = begin; c < end; ++c)
+        for (int64_t b = 0; b < g.batch; ++b) {
+          const int64_t offset = (b * C + c) * L;
+          pre_activation<false>(in, offset, scale + c, C, shift + c, ds.data(), L);
+          silu_backward_inplace(ds.data(), grad + offset, L);
+          T total = T(0);
+#pragma omp simd reduction(+ : total)
+          for (int64_t l = 0; l < L; ++l) total += ds[l];
+          sums[c] += total;
+          for (int64_t k = 0; k < K; ++k) {
+            const T* x = in.x[k] + offset;
+            const T mk = mean[k * C + c];
+            T product = T(0);
+#pragma omp simd reduction(+ : product)
+            for (int64_t l = 0; l < L; ++l) product += ds[l] * (x[l] - mk);
+            sums[(k + 1) * C + c] += product;
+          }
+        }
+    });
+  }
+  return sums;
+}
+
+// dx_k = α_k·ds + β_k·x_k + γ_k with per (k, c) coefficients (K, C) each.
+template <typename T>
+void write_input_gradients(const T* grad, const Branches<T>& in, const Geometry& g, const T* scale, const T* shift,
+                           const T* alpha, const T* beta, const T* gamma, T* const* dx) {
+  const int64_t K = in.k, C = g.channels, L = g.positions;
+  auto combine = [&](const T* ds, int64_t offset, int64_t coefficient, int64_t n, bool per_channel) {
+    for (int64_t k = 0; k < K; ++k) {
+      const T* x = in.x[k] + offset;
+      const T* a = alpha + k * C + coefficient;
+      const T* b = beta + k * C + coefficient;
+      const T* z = gamma + k * C + coefficient;
+      T* out = dx[k] + offset;
+      if (per_channel) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) out[i] = a[i] * ds[i] + b[i] * x[i] + z[i];
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) out[i] = a[0] * ds[i] + b[0] * x[i] + z[0];
+      }
+    }
+  };
+  if (g.channels_last) {
+    at::parallel_for(0, g.count(), kRows, [&](int64_t begin, int64_t end) {
+      std::vector<T> ds(C);
+      for (int64_t r = begin; r < end; ++r) {
+        pre_activation<true>(in, r * C, scale, C, shift, ds.data(), C);
+        silu_backward_inplace(ds.data(), grad + r * C, C);
+        combine(ds.data(), r * C, 0, C, true);
+      }
+    });
+  } else {
+    at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> ds(L);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % C;
+        pre_activation<false>(in, plane * L, scale + c, C, shift + c, ds.data(), L);
+        silu_backward_inplace(ds.data(), grad + plane * L, L);
+        combine(ds.data(), plane * L, c, L, false);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rep_bn_add_silu_forward_cpu(
+    at::TensorList inputs, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean,
+    const at::Tensor& var, bool training, double eps) {
+  const char* op = "rep_bn_add_silu_forward";
+  const Geometry g = check_inputs(inputs, weight, bias, op);
+  TORCH_CHECK(inputs[0].device().is_cpu(), op, ": expects CPU tensors");
+  TORCH_CHECK(!training || g.count() > 1, op, ": batch statistics need more than 1 value per channel");
+  if (!training) check_statistics(mean, var, weight, op);
+  at::Tensor y = at::empty_like(inputs[0]);
+  at::Tensor used_mean, used_var;
+  AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "rep_bn_add_silu_forward", [&] {
+    const Branches<scalar_t> in = branches<scalar_t>(inputs);
+    if (training) {
+      std::tie(used_mean, used_var) = batch_statistics(in, g, weight.options());
+    } else {
+      used_mean = mean.clone();
+      used_var = var.clone();
+    }
+    const int64_t K = in.k, C = g.channels;
+    std::vector<scalar_t> scale(K * C), rstd(K * C), shift(C);
+    affine(weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), used_mean.const_data_ptr<scalar_t>(),
+           used_var.const_data_ptr<scalar_t>(), K, C, eps, scale.data(), rstd.data(), shift.data());
+    if (y.numel() > 0) write_output(in, g, scale.data(), shift.data(), y.data_ptr<scalar_t>());
+  });
+  return {y, used_mean, used_var};
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_backward_cpu(
+    const at::Tensor& grad, at::TensorList inputs, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& mean, const at::Tensor& var, bool training, double eps) {
+  const char* op = "rep_bn_add_silu_backward";
+  const Geometry g = check_inputs(inputs, weight, bias, op);
+  check_statistics(mean, var, weight, op);
+  TORCH_CHECK(grad.sizes() == inputs[0].sizes() && grad.scalar_type() == inputs[0].scalar_type(), op,
+              ": grad must match the inputs ", inputs[0].sizes(), ", got ", grad.sizes());
+  TORCH_CHECK(g.channels_last ? grad.is_contiguous(at::MemoryFormat::ChannelsLast) : grad.is_contiguous(), op,
+              ": grad must have the inputs' memory layout");
+  std::vector<at::Tensor> dinputs;
+  for (const at::Tensor& x : inputs) dinputs.push_back(at::empty_like(x));
+  at::Tensor dweight = at::zeros_like(weight), dbias = at::zeros_like(bias);
+  if (g.count() == 0) return {dinputs, dweight, dbias};
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "rep_bn_add_silu_backward", [&] {
+    using T = scalar_t;
+    const Branches<T> in = branches<T>(inputs);
+    const int64_t K = in.k, C = g.channels;
+    const T* mu = mean.const_data_ptr<T>();
+    std::vector<T> scale(K * C), rstd(K * C), shift(C);
+    affine(weight.const_data_ptr<T>(), bias.const_data_ptr<T>(), mu, var.const_data_ptr<T>(), K, C, eps,
+           scale.data(), rstd.data(), shift.data());
+    const T* dy = grad.const_data_ptr<T>();
+    const std::vector<double> sums = gradient_sums(dy, in, g, scale.data(), shift.data(), mu);
+    const double n = static_cast<double>(g.count());
+    std::vector<T> alpha(K * C), beta(K * C), gamma(K * C);
+    T* dw = dweight.data_ptr<T>();
+    T* db = dbias.data_ptr<T>();
+    for (int64_t i = 0; i < K * C; ++i) {
+      const double s0 = sums[i % C], sk = sums[C + i], r = rstd[i], a = scale[i];
+      dw[i] = static_cast<T>(r * sk);
+      db[i] = static_cast<T>(s0);
+      alpha[i] = scale[i];
+      // dx = a·(ds − S0/n − (x − μ)·r²·S/n): x's coefficient and the constant, in training only.
+      const double b = training ? -a * r * r * sk / n : 0.0;
+      beta[i] = static_cast<T>(b);
+      gamma[i] = static_cast<T>(training ? -a * s0 / n - b * mu[i] : 0.0);
+    }
+    std::vector<T*> dx;
+    for (at::Tensor& d : dinputs) dx.push_back(d.data_ptr<T>());
+    write_input_gradients(dy, in, g, scale.data(), shift.data(), alpha.data(), beta.data(), gamma.data(), dx.data());
+  });
+  return {dinputs, dweight, dbias};
+}
+
+TORCH_LIBRARY_IMPL(provg, CPU, m) {
+  m.impl("rep_bn_add_silu_forward", &rep_bn_add_silu_forward_cpu);
+  m.impl("rep_bn_add_silu_backward", &rep_bn_add_silu_backward_cpu);
+}
+
+}  // namespace provg

@@ -1,0 +1,132 @@
+"""Deploy-form RepVGG convolution (Sec. 4.3, DESIGN §2): ``SiLU(conv3×3(x; W, padding 1) + b) [+ r]``.
+
+After `provg.reparameterize` a RepVGG block is one 3×3 convolution with bias and SiLU; the optional
+residual ``r`` is the CSP block's add (``RepBlocks(conv1(x)) + conv2(x)``) folded into the last
+block. Fused, the bias, activation and residual cost no pass of their own.
+
+Backends: ``torch`` (`conv3x3_bias_silu_reference`); ``cpp`` (a oneDNN convolution with SiLU as a
+post-op for float32, ATen's convolution and one fused OpenMP epilogue pass otherwise); ``cuda``
+(cuDNN convolution and one fused epilogue kernel); ``triton`` (implicit GEMM over channels-last maps
+with the epilogue in registers). The output has the memory format of ``x``. The backward (for
+fine-tuning a deployed model) recomputes the pre-activation and uses ATen's convolution backward.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._backend import select_backend
+
+__all__ = ["conv3x3_bias_silu", "conv3x3_bias_silu_reference"]
+
+_IMPLEMENTED = ("torch", "cpp", "triton", "cuda")
+# NOTE: cuDNN's convolution with a fused epilogue is the automatic choice on GPU; the Triton implicit
+# GEMM is there to be forced and benchmarked against it (benchmarks/bench_repconv.py).
+_PREFERENCE = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
+_FLOAT = (torch.float32, torch.float64)
+_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPES = {"torch": _ALL, "cpp": _FLOAT, "cuda": _ALL, "triton": _ALL}
+
+
+def conv3x3_bias_silu_reference(
+    x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None = None
+) -> Tensor:
+    """PyTorch reference of `conv3x3_bias_silu`."""
+    y = F.silu(F.conv2d(x, weight, bias, padding=1))
+    return y if residual is None else y + residual
+
+
+def _forward_kernel(backend: str):
+    if backend == "triton":
+        return importlib.import_module("provg.ops.triton.conv3x3_bias_silu").forward
+    return torch.ops.provg.conv3x3_bias_silu_forward
+
+
+torch.library.define(
+    "provg::conv3x3_bias_silu",
+    "(Tensor x, Tensor weight, Tensor bias, Tensor? residual, str backend) -> Tensor",
+)
+
+
+@torch.library.impl("provg::conv3x3_bias_silu", "default")
+def _forward(x, weight, bias, residual, backend):
+    return _forward_kernel(backend)(x, weight, bias, residual)
+
+
+@torch.library.register_fake("provg::conv3x3_bias_silu")
+def _forward_fake(x, weight, bias, residual, backend):
+    shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+    return x.new_empty(shape).contiguous(memory_format=_layout(x))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, residual, _ = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.has_residual = residual is not None
+
+
+def _autograd_backward(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    pre = F.conv2d(x, weight, bias, padding=1)
+    sigmoid = torch.sigmoid(pre)
+    dpre = grad * sigmoid * (1 + pre * (1 - sigmoid))
+    dx, dweight, dbias = torch.ops.aten.convolution_backward(
+        dpre,
+        x,
+        weight,
+        [weight.shape[0]],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        list(ctx.needs_input_grad[:3]),
+    )
+    return dx, dweight, dbias, grad if ctx.has_residual else None, None
+
+
+torch.library.register_autograd("provg::conv3x3_bias_silu", _autograd_backward, setup_context=_setup_context)
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def conv3x3_bias_silu(
+    x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None = None, backend: str | None = None
+) -> Tensor:
+    """``SiLU(conv2d(x, weight, bias, padding=1)) [+ residual]`` for a (C_out, C_in, 3, 3) ``weight``."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"conv3x3_bias_silu: x must be a floating (B, C, H, W) tensor, got {getattr(x, 'shape', x)}"
+        )
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
+        raise ValueError(
+            f"conv3x3_bias_silu: weight must be (C_out, {x.shape[1]}, 3, 3) for x {tuple(x.shape)}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"conv3x3_bias_silu: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    out_shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+    if residual is not None and tuple(residual.shape) != out_shape:
+        raise ValueError(f"conv3x3_bias_silu: residual must be {out_shape}, got {tuple(residual.shape)}")
+    for t in (weight, bias) + (() if residual is None else (residual,)):
+        if t.device != x.device:
+            raise ValueError(f"conv3x3_bias_silu: all inputs must be on {x.device}, got one on {t.device}")
+    dtype = x.dtype
+    for t in (weight, bias) + (() if residual is None else (residual,)):
+        dtype = torch.promote_types(dtype, t.dtype)
+    chosen = select_backend("conv3x3_bias_silu", x.device, _IMPLEMENTED, _PREFERENCE, backend, dtype, _DTYPES)
+    x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+    if residual is not None:
+        residual = residual.to(dtype).contiguous(memory_format=_layout(x))
+    if chosen == "torch":
+        return conv3x3_bias_silu_reference(x, weight, bias, residual)
+    return torch.ops.provg.conv3x3_bias_silu(x, weight.contiguous(), bias.contiguous(), residual, chosen)

@@ -1,0 +1,248 @@
+"""Fused tail of a training-mode RepVGG block (Sec. 4.3, DESIGN §2): ``SiLU(Σ_i BN_i(x_i))``.
+
+The branches x_i (K = 1..3: the 3×3 convolution, the 1×1 convolution, the identity) are each batch
+normalised and summed, then SiLU. Eager PyTorch runs this as two passes per batch norm, an add and an
+activation; fused, the forward reads every branch twice (statistics, then the output) and writes y
+once, and the backward reads grad and the branches twice (the per-channel sums Σ ds and
+Σ ds·(x_i − μ_i), then the input gradients), recomputing the pre-activation instead of storing it.
+
+With ``training=True`` (or no running statistics) the statistics are the batch's (mean and biased
+variance over B·H·W, shifted sums), and the running statistics are updated exactly as
+`torch.nn.BatchNorm2d` does (momentum, unbiased running variance); otherwise the running statistics
+are used. Backends: ``torch`` (`torch.nn.functional.batch_norm` per branch, then add and SiLU: the
+unfused block), ``cpp``, ``cuda``, ``triton``; NCHW and
+channels-last inputs (y keeps the layout of the first input).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._backend import select_backend
+
+__all__ = ["rep_bn_add_silu", "rep_bn_add_silu_reference"]
+
+_IMPLEMENTED = ("torch", "cpp", "triton", "cuda")
+_PREFERENCE = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
+_FLOAT = (torch.float32, torch.float64)
+_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPES = {"torch": _ALL, "cpp": _FLOAT, "cuda": _ALL, "triton": _ALL}
+
+
+def _per_channel(t: Tensor) -> Tensor:
+    return t[None, :, None, None]
+
+
+def rep_bn_add_silu_reference(
+    inputs: Sequence[Tensor],
+    weight: Tensor,
+    bias: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    training: bool,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PyTorch reference: (y, mean, var) with the (K, C) statistics used (the batch's when ``training``)."""
+    acc = weight.dtype
+    total = None
+    means, variances = [], []
+    for i, x in enumerate(inputs):
+        xa = x.to(acc)
+        if training:
+            m = xa.mean(dim=(0, 2, 3))
+            v = (xa - _per_channel(m)).square().mean(dim=(0, 2, 3))
+        else:
+            m, v = mean[i], var[i]
+        means.append(m.detach())
+        variances.append(v.detach())
+        term = (xa - _per_channel(m)) * _per_channel(weight[i] * torch.rsqrt(v + eps)) + _per_channel(bias[i])
+        total = term if total is None else total + term
+    return F.silu(total).to(inputs[0].dtype), torch.stack(means), torch.stack(variances)
+
+
+def _kernels(backend: str):
+    if backend == "triton":
+        module = importlib.import_module("provg.ops.triton.rep_bn_add_silu")
+        return module.forward, module.backward
+    return torch.ops.provg.rep_bn_add_silu_forward, torch.ops.provg.rep_bn_add_silu_backward
+
+
+_SCHEMA = "Tensor[] inputs, Tensor weight, Tensor bias, Tensor mean, Tensor var, bool training, float eps"
+torch.library.define("provg::rep_bn_add_silu", f"({_SCHEMA}, str backend) -> (Tensor, Tensor, Tensor)")
+torch.library.define(
+    "provg::rep_bn_add_silu_grad", f"(Tensor grad, {_SCHEMA}, str backend) -> (Tensor[], Tensor, Tensor)"
+)
+
+
+@torch.library.impl("provg::rep_bn_add_silu", "default")
+def _forward(inputs, weight, bias, mean, var, training, eps, backend):
+    return tuple(_kernels(backend)[0](inputs, weight, bias, mean, var, training, eps))
+
+
+@torch.library.impl("provg::rep_bn_add_silu_grad", "default")
+def _backward(grad, inputs, weight, bias, mean, var, training, eps, backend):
+    dinputs, dweight, dbias = _kernels(backend)[1](grad, inputs, weight, bias, mean, var, training, eps)
+    return list(dinputs), dweight, dbias
+
+
+@torch.library.register_fake("provg::rep_bn_add_silu")
+def _forward_fake(inputs, weight, bias, mean, var, training, eps, backend):
+    return torch.empty_like(inputs[0]), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("provg::rep_bn_add_silu_grad")
+def _backward_fake(grad, inputs, weight, bias, mean, var, training, eps, backend):
+    return [torch.empty_like(x) for x in inputs], weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    tensors, weight, bias, _, _, training, eps, backend = inputs
+    _, used_mean, used_var = output
+    ctx.mark_non_differentiable(used_mean, used_var)
+    ctx.save_for_backward(*tensors, weight, bias, used_mean, used_var)
+    ctx.arguments = (training, eps, backend)
+
+
+def _autograd_backward(ctx, grad, _grad_mean, _grad_var):
+    training, eps, backend = ctx.arguments
+    *tensors, weight, bias, mean, var = ctx.saved_tensors
+    layout = _layout(tensors[0])
+    dinputs, dweight, dbias = torch.ops.provg.rep_bn_add_silu_grad(
+        grad.contiguous(memory_format=layout), tensors, weight, bias, mean, var, training, eps, backend
+    )
+    return list(dinputs), dweight, dbias, None, None, None, None, None
+
+
+torch.library.register_autograd("provg::rep_bn_add_silu", _autograd_backward, setup_context=_setup_context)
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    """channels-last when ``x`` is laid out so (and not also plainly contiguous), else NCHW."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _stack(values: Sequence[Tensor | None], fill: float, like: Tensor) -> Tensor:
+    """(K, C) stack of per-branch parameters; a missing one (affine=False) is ``fill``."""
+    return torch.stack([like.new_full(like.shape, fill) if v is None else v.to(like.dtype) for v in values])
+
+
+def _eager(
+    inputs: list[Tensor],
+    running_means: Sequence[Tensor] | None,
+    running_vars: Sequence[Tensor] | None,
+    weights: Sequence[Tensor | None],
+    biases: Sequence[Tensor | None],
+    training: bool,
+    momenta: Sequence[float],
+    eps: float,
+) -> Tensor:
+    """The ``torch`` backend: `torch.nn.functional.batch_norm` per branch (its native kernels, its
+    running-statistic update), summed, then SiLU — what the unfused block computes."""
+    total = None
+    for i, x in enumerate(inputs):
+        term = F.batch_norm(
+            x,
+            None if running_means is None else running_means[i],
+            None if running_vars is None else running_vars[i],
+            weights[i],
+            biases[i],
+            training or running_means is None,
+            momenta[i],
+            eps,
+        )
+        total = term if total is None else total + term
+    return F.silu(total)
+
+
+def rep_bn_add_silu(
+    inputs: Sequence[Tensor],
+    running_means: Sequence[Tensor] | None = None,
+    running_vars: Sequence[Tensor] | None = None,
+    weights: Sequence[Tensor | None] | None = None,
+    biases: Sequence[Tensor | None] | None = None,
+    training: bool = False,
+    momentum: float | Sequence[float] = 0.1,
+    eps: float = 1e-5,
+    backend: str | None = None,
+) -> Tensor:
+    """``SiLU(Σ_i batch_norm(inputs[i], running_means[i], running_vars[i], weights[i], biases[i]))``.
+
+    Arguments follow `torch.nn.functional.batch_norm`, one entry per branch (``momentum`` may be one
+    factor per branch; ``torch.nn.BatchNorm2d`` with ``momentum=None`` passes 1/num_batches_tracked).
+    Batch statistics are used when ``training`` or when no running statistics are given; in training
+    the running statistics are updated in place as `torch.nn.BatchNorm2d` updates them.
+    """
+    inputs = list(inputs)
+    if not 1 <= len(inputs) <= 3:
+        raise ValueError(f"rep_bn_add_silu: 1 to 3 branch inputs, got {len(inputs)}")
+    first = inputs[0]
+    if not isinstance(first, Tensor) or first.dim() != 4 or not first.is_floating_point():
+        raise ValueError(
+            "rep_bn_add_silu: inputs must be floating (B, C, H, W) tensors, got "
+            f"{getattr(first, 'shape', first)}"
+        )
+    for x in inputs[1:]:
+        if x.shape != first.shape or x.dtype != first.dtype or x.device != first.device:
+            raise ValueError(
+                "rep_bn_add_silu: every branch must match the first one's shape, dtype and device "
+                f"({tuple(first.shape)}, {first.dtype}, {first.device}); got "
+                f"({tuple(x.shape)}, {x.dtype}, {x.device})"
+            )
+    count, channels = len(inputs), first.shape[1]
+    momenta = (
+        [float(momentum)] * count if isinstance(momentum, (int, float)) else [float(m) for m in momentum]
+    )
+    weights = [None] * count if weights is None else list(weights)
+    biases = [None] * count if biases is None else list(biases)
+    tracked = running_means is not None and running_vars is not None
+    for name, values in (("momentum", momenta), ("weights", weights), ("biases", biases)) + (
+        (("running_means", running_means), ("running_vars", running_vars)) if tracked else ()
+    ):
+        if len(values) != count:
+            raise ValueError(f"rep_bn_add_silu: {count} branches but {len(values)} {name}")
+    use_batch = training or not tracked
+    elements = first.numel() // max(channels, 1)
+    if use_batch and elements <= 1:
+        raise ValueError(
+            "rep_bn_add_silu: batch statistics need more than 1 value per channel, got input size "
+            f"{tuple(first.shape)}; use a larger batch or map, or eval mode"
+        )
+    if use_batch and eps <= 0.0:
+        raise ValueError(f"rep_bn_add_silu: eps must be positive with batch statistics, got {eps}")
+    chosen = select_backend(
+        "rep_bn_add_silu", first.device, _IMPLEMENTED, _PREFERENCE, backend, first.dtype, _DTYPES
+    )
+    if chosen == "torch":
+        return _eager(inputs, running_means, running_vars, weights, biases, training, momenta, eps)
+    acc = torch.float64 if first.dtype == torch.float64 else torch.float32
+    like = first.new_empty(channels, dtype=acc)
+    weight = _stack(weights, 1.0, like)
+    bias = _stack(biases, 0.0, like)
+    if use_batch:
+        mean = var = like.new_empty((0,))
+    else:
+        mean = _stack(running_means, 0.0, like).detach()
+        var = _stack(running_vars, 1.0, like).detach()
+    layout = _layout(first)
+    inputs = [x.contiguous(memory_format=layout) for x in inputs]
+    y, batch_mean, batch_var = torch.ops.provg.rep_bn_add_silu(
+        inputs, weight, bias, mean, var, use_batch, eps, chosen
+    )
+    if training and tracked:
+        with torch.no_grad():
+            unbiased = batch_var * (elements / (elements - 1))
+            for i in range(count):
+                running_means[i].mul_(1 - momenta[i]).add_(
+                    batch_mean[i].to(running_means[i].dtype), alpha=momenta[i]
+                )
+                running_vars[i].mul_(1 - momenta[i]).add_(
+                    unbiased[i].to(running_vars[i].dtype), alpha=momenta[i]
+                )
+    return y

@@ -1,0 +1,214 @@
+"""provg.ops.rep_bn_add_silu: every backend against the float64 reference and nn.BatchNorm2d, gradcheck,
+running statistics, opcheck, layouts and bad input."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from provg.ops import available_backends, rep_bn_add_silu
+from provg.ops.rep_bn_add_silu import rep_bn_add_silu_reference
+
+KERNELS = [b for b in ("cpp", "triton") if available_backends()[b]]
+BACKENDS = ["torch", *KERNELS]
+SHAPES = [(2, 5, 7, 3), (1, 7, 13, 11), (2, 1, 4, 4), (1, 97, 2, 2), (3, 4, 1, 1)]
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def _case(shape, count, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    channels = shape[1]
+    xs = [torch.randn(shape, generator=g, dtype=dtype) * 2 + 1 for _ in range(count)]
+    weight = torch.rand(count, channels, generator=g, dtype=dtype) + 0.5
+    bias = torch.randn(count, channels, generator=g, dtype=dtype)
+    mean = torch.randn(count, channels, generator=g, dtype=dtype)
+    var = torch.rand(count, channels, generator=g, dtype=dtype) + 0.1
+    return xs, weight, bias, mean, var
+
+
+def _kernel_ops(backend):
+    if backend == "triton":
+        from provg.ops.triton import rep_bn_add_silu as module
+
+        return module.forward, module.backward
+    return torch.ops.provg.rep_bn_add_silu_forward, torch.ops.provg.rep_bn_add_silu_backward
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernels_match_float64_reference(backend, layout, training, count, dtype):
+    """Forward (y and the statistics used) and backward (every gradient) over odd shapes."""
+    shapes = SHAPES if backend == "cpp" else SHAPES[:3]
+    forward, backward = _kernel_ops(backend)
+    for index, shape in enumerate(shapes):
+        xs, weight, bias, mean, var = _case(shape, count, dtype, seed=index)
+        xs = [x.contiguous(memory_format=LAYOUTS[layout]) for x in xs]
+        empty = weight.new_empty(0)
+        y, used_mean, used_var = forward(
+            xs, weight, bias, empty if training else mean, empty if training else var, training, 1e-5
+        )
+        grad = torch.randn(shape, dtype=dtype).contiguous(memory_format=LAYOUTS[layout])
+        dxs, dweight, dbias = backward(grad, xs, weight, bias, used_mean, used_var, training, 1e-5)
+
+        leaves = [t.double().requires_grad_() for t in (*xs, weight, bias)]
+        ref_y, ref_mean, ref_var = rep_bn_add_silu_reference(
+            leaves[:count], leaves[count], leaves[count + 1], mean.double(), var.double(), training, 1e-5
+        )
+        ref_grads = torch.autograd.grad(ref_y, leaves, grad.double())
+        tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+        got = [y, used_mean, used_var, *dxs, dweight, dbias]
+        expected = [ref_y, ref_mean, ref_var, *ref_grads]
+        for name, a, b in zip(
+            ["y", "mean", "var"] + [f"dx{i}" for i in range(count)] + ["dw", "db"], got, expected
+        ):
+            scale = b.abs().max().clamp_min(1.0)
+            torch.testing.assert_close(
+                a.double() / scale, b / scale, **tol, msg=lambda m, n=name, s=shape: f"{n} {s}: {m}"
+            )
+        assert y.is_contiguous(memory_format=LAYOUTS[layout])
+        assert all(d.is_contiguous(memory_format=LAYOUTS[layout]) for d in dxs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradcheck_float64(backend, training, layout):
+    g = torch.Generator().manual_seed(7)
+    shape = (2, 3, 3, 2)
+    xs = [torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    weights = [(torch.rand(3, generator=g, dtype=torch.float64) + 0.5).requires_grad_() for _ in range(3)]
+    biases = [torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    means = [torch.randn(3, generator=g, dtype=torch.float64) for _ in range(3)]
+    variances = [torch.rand(3, generator=g, dtype=torch.float64) + 0.2 for _ in range(3)]
+
+    def f(*args):
+        inputs = [t.contiguous(memory_format=LAYOUTS[layout]) for t in args[:3]]
+        return rep_bn_add_silu(
+            inputs,
+            None if training else means,
+            None if training else variances,
+            args[3:6],
+            args[6:9],
+            training=training,
+            backend=backend,
+        )
+
+    assert torch.autograd.gradcheck(f, (*xs, *weights, *biases))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("momentum", [0.1, 0.3])
+@pytest.mark.parametrize("identity", [False, True])
+def test_training_steps_match_batchnorm2d(backend, momentum, identity):
+    """Outputs and running statistics after several steps equal nn.BatchNorm2d's (float32, 1e-6)."""
+    count = 3 if identity else 2
+    norms = [torch.nn.BatchNorm2d(6, momentum=momentum) for _ in range(count)]
+    for bn in norms:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+    reference = copy.deepcopy(norms)
+    g = torch.Generator().manual_seed(3)
+    for step in range(4):
+        xs = [torch.randn(2, 6, 5, 7, generator=g) + 0.5 for _ in range(count)]
+        if step % 2:
+            xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+        y = rep_bn_add_silu(
+            xs,
+            [bn.running_mean for bn in norms],
+            [bn.running_var for bn in norms],
+            [bn.weight for bn in norms],
+            [bn.bias for bn in norms],
+            training=True,
+            momentum=momentum,
+            backend=backend,
+        )
+        expected = F.silu(sum(bn(x) for bn, x in zip(reference, xs)))
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(norms, reference):
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=0, atol=1e-6)
+
+
+def test_hand_worked_values():
+    """One channel, two branches of two values each: y and the running statistics by hand."""
+    a = torch.tensor([1.0, 3.0], dtype=torch.float64).reshape(2, 1, 1, 1)  # mean 2, biased var 1
+    b = torch.tensor([0.0, 4.0], dtype=torch.float64).reshape(2, 1, 1, 1)  # mean 2, biased var 4
+    rm = [torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)]
+    rv = [torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)]
+    weights = [torch.tensor([2.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)]
+    biases = [torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)]
+    for backend in BACKENDS:
+        means = [t.clone() for t in rm]
+        variances = [t.clone() for t in rv]
+        y = rep_bn_add_silu(
+            [a, b], means, variances, weights, biases, training=True, eps=1e-12, backend=backend
+        )
+        # s = 2·(a − 2)/1 + 0.5 + (b − 2)/2 = [−2.5, 3.5]
+        s = torch.tensor([-2.5, 3.5], dtype=torch.float64)
+        torch.testing.assert_close(y.flatten(), s / (1 + torch.exp(-s)), rtol=0, atol=1e-9)
+        # running mean 0.9·0 + 0.1·2; running var 0.9·1 + 0.1·(unbiased 2 and 8)
+        torch.testing.assert_close(torch.cat(means), torch.tensor([0.2, 0.2], dtype=torch.float64))
+        torch.testing.assert_close(torch.cat(variances), torch.tensor([1.1, 1.7], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck(backend, layout):
+    xs, weight, bias, mean, var = _case((2, 3, 4, 5), 2, torch.float32, seed=1)
+    xs = [x.contiguous(memory_format=LAYOUTS[layout]).requires_grad_() for x in xs]
+    weight.requires_grad_()
+    bias.requires_grad_()
+    for training in (True, False):
+        stats = (weight.new_empty(0), weight.new_empty(0)) if training else (mean, var)
+        torch.library.opcheck(
+            torch.ops.provg.rep_bn_add_silu.default, (xs, weight, bias, *stats, training, 1e-5, backend)
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_layouts_and_eval_empty_batch(backend):
+    xs, weight, bias, mean, var = _case((2, 4, 3, 5), 2, torch.float64, seed=2)
+    mixed = [xs[0].contiguous(memory_format=torch.channels_last), xs[1]]
+    args = ([m for m in mean], [v for v in var], list(weight), list(bias))
+    expected = rep_bn_add_silu_reference(xs, weight, bias, mean, var, False, 1e-5)[0]
+    got = rep_bn_add_silu(mixed, *args, backend=backend)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    empty = [torch.empty(0, 4, 3, 5, dtype=torch.float64) for _ in range(2)]
+    assert rep_bn_add_silu(empty, *args, backend=backend).shape == (0, 4, 3, 5)
+
+
+def test_bad_input_names_the_problem():
+    x = torch.randn(1, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"more than 1 value per channel.*\(1, 3, 1, 1\)"):
+        rep_bn_add_silu([x, x], training=True)
+    with pytest.raises(ValueError, match="every branch must match"):
+        rep_bn_add_silu([torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5)], training=True)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        rep_bn_add_silu([torch.randn(2, 3, 2, 2)], training=True, eps=0.0)
+    with pytest.raises(ValueError, match="1 to 3 branch inputs"):
+        rep_bn_add_silu([x] * 4)
+    with pytest.raises(ValueError, match="2 branches but 1 weights"):
+        rep_bn_add_silu([torch.randn(2, 3, 2, 2)] * 2, weights=[torch.ones(3)], training=True)
+    with pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
+        rep_bn_add_silu([torch.randn(2, 3, 2, 2)], training=True, backend="cuda")
+
+
+def test_all_backends_agree_on_a_cfm_shape():
+    """The width-256 CFM shape at 15² (float32): cpp against the eager batch norms."""
+    if "cpp" not in KERNELS:
+        pytest.skip("provg._C is not built")
+    xs, weight, bias, mean, var = _case((2, 256, 15, 15), 2, torch.float32, seed=5)
+    for layout, training in itertools.product(LAYOUTS.values(), (True, False)):
+        inputs = [x.contiguous(memory_format=layout) for x in xs]
+        stats = (None, None) if training else (list(mean), list(var))
+        eager = rep_bn_add_silu(inputs, *stats, list(weight), list(bias), training=training, backend="torch")
+        fused = rep_bn_add_silu(inputs, *stats, list(weight), list(bias), training=training, backend="cpp")
+        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
