@@ -2,10 +2,10 @@
 # One prepared run on a lent GPU machine (the device tool): build the CUDA extension, run the GPU tests,
 # run the kernel benchmarks, write everything under $OUT. Each step has its own time limit so a slow
 # step cannot eat the others' results.
-#   device run: bash benchmarks/gpu_check.sh [steps...]   (steps: tests mask forward pcm; default all)
+#   device run: bash benchmarks/gpu_check.sh [steps...]   (steps: tests mask forward pcm repconv; default all)
 set -uo pipefail
 OUT=${OUT:-/tmp/provg-gpu}
-STEPS=${*:-tests mask forward pcm}
+STEPS=${*:-tests mask forward pcm repconv}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
@@ -43,7 +43,8 @@ for step in $STEPS; do
     tests)
       log "GPU tests"
       timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_mask_to_box.py \
-        tests/test_gate_backends.py -k "gpu or cuda or mask" 2>&1 | tee "$OUT/pytest.log" | tail -8 \
+        tests/test_gate_backends.py tests/test_rep_bn_add_silu.py tests/test_conv3x3_bias_silu.py \
+        -k "gpu or cuda or mask" 2>&1 | tee "$OUT/pytest.log" | tail -8 \
         | tee -a "$OUT/summary.txt" ;;
     mask)
       log "mask_to_box benchmark"
@@ -56,6 +57,10 @@ for step in $STEPS; do
       log "PCM gate benchmark (GPU, B = 8)"
       timeout ${PCM_TIMEOUT:-300} python3 benchmarks/bench_pcm.py ${PCM_ARGS:---repeat 20} 2>&1 | tee "$OUT/pcm.log" | tail -40 \
         | tee -a "$OUT/summary.txt" ;;
+    repconv)
+      log "RepVGG kernels benchmark (GPU, B = 8)"
+      timeout ${REPCONV_TIMEOUT:-240} python3 benchmarks/bench_repconv.py ${REPCONV_ARGS:---repeat 20} 2>&1 \
+        | tee "$OUT/repconv.log" | tail -40 | tee -a "$OUT/summary.txt" ;;
   esac
   log "step $step: $(( $(date +%s) - start )) s"
 done

@@ -4,6 +4,7 @@ opcheck, layouts and bad input."""
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -11,7 +12,14 @@ import torch.nn.functional as F
 
 from provg.ops import available_backends, conv3x3_bias_silu
 
-KERNELS = [b for b in ("cpp", "triton") if available_backends()[b]]
+AVAILABLE = available_backends()
+# Triton runs on CPU tensors only in its interpreter (tests set TRITON_INTERPRET=1 without a GPU).
+KERNELS = [
+    b
+    for b in ("cpp", "triton")
+    if AVAILABLE[b] and (b != "triton" or os.environ.get("TRITON_INTERPRET") == "1")
+]
+GPU_BACKENDS = [b for b in ("triton", "cuda") if AVAILABLE[b] and torch.cuda.is_available()]
 BACKENDS = ["torch", *KERNELS]
 # (B, C_in, H, W) -> C_out
 SHAPES = [((1, 5, 7, 7), 7), ((2, 7, 13, 11), 5), ((1, 97, 3, 5), 33), ((1, 1, 1, 1), 1), ((1, 16, 9, 9), 16)]
@@ -89,3 +97,26 @@ def test_bad_input_names_the_problem():
         conv3x3_bias_silu(x, torch.randn(3, 4, 3, 3), torch.randn(3), torch.randn(1, 3, 5, 4))
     with pytest.raises(ValueError, match="x must be a floating"):
         conv3x3_bias_silu(torch.randn(4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(3))
+
+
+@pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_backend_matches_conv2d(backend, channels_last, residual, dtype, monkeypatch):
+    # NOTE: the cuda backend's cuDNN convolution follows torch.backends.cudnn.allow_tf32 as F.conv2d does;
+    # full float32 precision is what this checks.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    for index, (shape, out_channels) in enumerate([*SHAPES, ((8, 256, 30, 30), 256)]):
+        x, weight, bias, r = (
+            t.to("cuda", dtype) if t is not None else None
+            for t in _case(shape, out_channels, torch.float64, index, residual)
+        )
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = conv3x3_bias_silu(x, weight, bias, r, backend=backend)
+        expected = _expected(x, weight, bias, r)
+        tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+        scale = expected.abs().max().clamp_min(1.0)
+        assert ((y.double() - expected).abs().max() / scale).item() <= tolerance

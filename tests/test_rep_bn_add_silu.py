@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 
 import pytest
 import torch
@@ -13,7 +14,14 @@ import torch.nn.functional as F
 from provg.ops import available_backends, rep_bn_add_silu
 from provg.ops.rep_bn_add_silu import rep_bn_add_silu_reference
 
-KERNELS = [b for b in ("cpp", "triton") if available_backends()[b]]
+AVAILABLE = available_backends()
+# Triton runs on CPU tensors only in its interpreter (tests set TRITON_INTERPRET=1 without a GPU).
+KERNELS = [
+    b
+    for b in ("cpp", "triton")
+    if AVAILABLE[b] and (b != "triton" or os.environ.get("TRITON_INTERPRET") == "1")
+]
+GPU_BACKENDS = [b for b in ("triton", "cuda") if AVAILABLE[b] and torch.cuda.is_available()]
 BACKENDS = ["torch", *KERNELS]
 SHAPES = [(2, 5, 7, 3), (1, 7, 13, 11), (2, 1, 4, 4), (1, 97, 2, 2), (3, 4, 1, 1)]
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -212,3 +220,34 @@ def test_all_backends_agree_on_a_cfm_shape():
         eager = rep_bn_add_silu(inputs, *stats, list(weight), list(bias), training=training, backend="torch")
         fused = rep_bn_add_silu(inputs, *stats, list(weight), list(bias), training=training, backend="cpp")
         torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [*SHAPES, (8, 256, 30, 30)])
+def test_gpu_backend_matches_reference(backend, layout, training, dtype, shape):
+    """Values and gradients on CUDA against the float64 reference of the same (rounded) inputs."""
+    count = 3 if shape[0] % 2 else 2
+    xs, weight, bias, mean, var = _case(shape, count, torch.float64, seed=sum(shape))
+    xs = [x.to("cuda", dtype).contiguous(memory_format=LAYOUTS[layout]).requires_grad_() for x in xs]
+    weights = [w.float().cuda().requires_grad_() for w in weight]
+    biases = [b.float().cuda().requires_grad_() for b in bias]
+    stats = (None, None) if training else ([m.float().cuda() for m in mean], [v.float().cuda() for v in var])
+    y = rep_bn_add_silu(xs, *stats, weights, biases, training=training, backend=backend)
+    upstream = torch.randn(shape, dtype=torch.float64, device="cuda")
+    grads = torch.autograd.grad(y, [*xs, *weights, *biases], upstream.to(dtype))
+
+    leaves = [t.detach().double().requires_grad_() for t in (*xs, torch.stack(weights), torch.stack(biases))]
+    ref_y, _, _ = rep_bn_add_silu_reference(
+        leaves[:count], leaves[count], leaves[count + 1], mean.cuda(), var.cuda(), training, 1e-5
+    )
+    ref = torch.autograd.grad(ref_y, leaves, upstream)
+    ref_grads = [*ref[:count], *ref[count], *ref[count + 1]]
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    assert y.is_contiguous(memory_format=LAYOUTS[layout])
+    for got, want in zip([y, *grads], [ref_y, *ref_grads]):
+        scale = want.abs().max().clamp_min(1.0)
+        assert ((got.double() - want).abs().max() / scale).item() <= tolerance * (1 if got is y else 10)

@@ -6,7 +6,8 @@ block. Fused, the bias, activation and residual cost no pass of their own.
 
 Backends: ``torch`` (`conv3x3_bias_silu_reference`); ``cpp`` (a oneDNN convolution with SiLU as a
 post-op for float32, ATen's convolution and one fused OpenMP epilogue pass otherwise); ``cuda``
-(cuDNN convolution and one fused epilogue kernel); ``triton`` (implicit GEMM over channels-last maps
+(cuDNN convolution and one fused epilogue kernel; float32 follows ``torch.backends.cudnn.allow_tf32``
+as `F.conv2d` does); ``triton`` (implicit GEMM over channels-last maps
 with the epilogue in registers). The output has the memory format of ``x``. The backward (for
 fine-tuning a deployed model) recomputes the pre-activation and uses ATen's convolution backward.
 """

@@ -130,7 +130,12 @@ def _layout(x: Tensor) -> torch.memory_format:
 
 def _stack(values: Sequence[Tensor | None], fill: float, like: Tensor) -> Tensor:
     """(K, C) stack of per-branch parameters; a missing one (affine=False) is ``fill``."""
-    return torch.stack([like.new_full(like.shape, fill) if v is None else v.to(like.dtype) for v in values])
+    return torch.stack(
+        [
+            like.new_full(like.shape, fill) if v is None else v if v.dtype == like.dtype else v.to(like.dtype)
+            for v in values
+        ]
+    )
 
 
 def _eager(
@@ -236,13 +241,31 @@ def rep_bn_add_silu(
         inputs, weight, bias, mean, var, use_batch, eps, chosen
     )
     if training and tracked:
-        with torch.no_grad():
-            unbiased = batch_var * (elements / (elements - 1))
-            for i in range(count):
-                running_means[i].mul_(1 - momenta[i]).add_(
-                    batch_mean[i].to(running_means[i].dtype), alpha=momenta[i]
-                )
-                running_vars[i].mul_(1 - momenta[i]).add_(
-                    unbiased[i].to(running_vars[i].dtype), alpha=momenta[i]
-                )
+        _update_running(running_means, running_vars, batch_mean, batch_var, momenta, elements)
     return y
+
+
+@torch.no_grad()
+def _update_running(
+    running_means: Sequence[Tensor],
+    running_vars: Sequence[Tensor],
+    batch_mean: Tensor,
+    batch_var: Tensor,
+    momenta: list[float],
+    elements: int,
+) -> None:
+    """running = (1 − m)·running + m·batch, with the unbiased batch variance (as nn.BatchNorm2d)."""
+    unbiased = batch_var * (elements / (elements - 1))
+    same = all(m == momenta[0] for m in momenta) and all(
+        r.dtype == batch_mean.dtype for r in (*running_means, *running_vars)
+    )
+    if same:  # one foreach call per step instead of one op per branch
+        m = momenta[0]
+        torch._foreach_mul_([*running_means, *running_vars], 1 - m)
+        torch._foreach_add_(
+            [*running_means, *running_vars], [*batch_mean.unbind(0), *unbiased.unbind(0)], alpha=m
+        )
+        return
+    for i, m in enumerate(momenta):
+        running_means[i].mul_(1 - m).add_(batch_mean[i].to(running_means[i].dtype), alpha=m)
+        running_vars[i].mul_(1 - m).add_(unbiased[i].to(running_vars[i].dtype), alpha=m)
