@@ -111,6 +111,22 @@ def test_gradcheck_float64(backend, training, layout):
     assert torch.autograd.gradcheck(f, (*xs, *weights, *biases))
 
 
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("training", [True, False])
+def test_library_op_gradcheck_float64(backend, training):
+    """The torch.library operator (what torch.compile and torch.export trace) through its registered
+    autograd; eager calls take an autograd.Function over the same kernels."""
+    xs, weight, bias, mean, var = _case((2, 3, 2, 3), 2, torch.float64, seed=9)
+    leaves = [t.requires_grad_() for t in (*xs, weight, bias)]
+    empty = weight.new_empty(0)
+    stats = (empty, empty) if training else (mean, var)
+
+    def f(a, b, w, c):
+        return torch.ops.provg.rep_bn_add_silu([a, b], w, c, *stats, training, 1e-5, backend)[0]
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
 @pytest.mark.parametrize("identity", [False, True])

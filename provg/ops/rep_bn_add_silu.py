@@ -121,6 +121,27 @@ def _autograd_backward(ctx, grad, _grad_mean, _grad_var):
 torch.library.register_autograd("provg::rep_bn_add_silu", _autograd_backward, setup_context=_setup_context)
 
 
+class _EagerFused(torch.autograd.Function):
+    """The same kernels as ``provg::rep_bn_add_silu`` without the custom-op wrapping, for eager calls:
+    torch.library's autograd layer costs more than the kernels themselves at the 15² and 30² maps."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, mean, var, training, eps, backend, *tensors):
+        y, used_mean, used_var = _kernels(backend)[0](list(tensors), weight, bias, mean, var, training, eps)
+        ctx.mark_non_differentiable(used_mean, used_var)
+        ctx.save_for_backward(*tensors, weight, bias, used_mean, used_var)
+        ctx.arguments = (training, eps, backend)
+        return y, used_mean, used_var
+
+    @staticmethod
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        training, eps, backend = ctx.arguments
+        *tensors, weight, bias, mean, var = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=_layout(tensors[0]))
+        dinputs, dweight, dbias = _kernels(backend)[1](grad, tensors, weight, bias, mean, var, training, eps)
+        return dweight, dbias, None, None, None, None, None, *dinputs
+
+
 def _layout(x: Tensor) -> torch.memory_format:
     """channels-last when ``x`` is laid out so (and not also plainly contiguous), else NCHW."""
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
@@ -237,9 +258,12 @@ def rep_bn_add_silu(
         var = _stack(running_vars, 1.0, like).detach()
     layout = _layout(first)
     inputs = [x.contiguous(memory_format=layout) for x in inputs]
-    y, batch_mean, batch_var = torch.ops.provg.rep_bn_add_silu(
-        inputs, weight, bias, mean, var, use_batch, eps, chosen
-    )
+    if torch.compiler.is_compiling():
+        y, batch_mean, batch_var = torch.ops.provg.rep_bn_add_silu(
+            inputs, weight, bias, mean, var, use_batch, eps, chosen
+        )
+    else:
+        y, batch_mean, batch_var = _EagerFused.apply(weight, bias, mean, var, use_batch, eps, chosen, *inputs)
     if training and tracked:
         _update_running(running_means, running_vars, batch_mean, batch_var, momenta, elements)
     return y
