@@ -1,0 +1,232 @@
+"""Benchmark of the RepVGG block kernels of the CFM fusion blocks: the training-mode fused tail
+(`provg.ops.rep_bn_add_silu`), the deploy convolution (`provg.ops.conv3x3_bias_silu`) and the whole CFM
+in its train form (eval mode) against its re-parameterized form.
+
+Tail: forward, backward and forward+backward medians (ms) of SiLU(BN(a) + BN(b)) in training mode
+(batch statistics and running-statistic updates) for every available backend, against the eager
+modules (two `nn.BatchNorm2d`, an add, `F.silu`) and `torch.compile` of them. Deploy convolution:
+forward of every backend against eager `F.conv2d` + bias + SiLU and its `torch.compile`. CFM: forward
+at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train form with
+PyTorch modules, train form with the fused tail, deploy form. Maps are channels-last, as in the model.
+Prints tables and appends rows to benchmarks/results/repconv.csv.
+
+    python benchmarks/bench_repconv.py                # CPU: B = 1 and 2; GPU: B = 8
+    python benchmarks/bench_repconv.py --sizes 120 --batch 1 --parts tail
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from provg.models.cfm import CFM
+from provg.models.repvgg import reparameterize
+from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu
+
+from common import append_csv, interleaved_ms, print_table
+
+WIDTH = 256
+HEADER = ["part", "size", "B", "provider", "fwd ms", "bwd ms", "fwd+bwd ms", "vs eager", "vs compile"]
+
+
+class EagerTail(nn.Module):
+    """The unfused train-form tail: SiLU(BN(a) + BN(b))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn_a = nn.BatchNorm2d(channels)
+        self.bn_b = nn.BatchNorm2d(channels)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.bn_a(a) + self.bn_b(b))
+
+
+def fused_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor, backend: str) -> torch.Tensor:
+    norms = (module.bn_a, module.bn_b)
+    return rep_bn_add_silu(
+        [a, b],
+        [n.running_mean for n in norms],
+        [n.running_var for n in norms],
+        [n.weight for n in norms],
+        [n.bias for n in norms],
+        training=True,
+        backend=backend,
+    )
+
+
+def kernel_backends(device: torch.device) -> list[str]:
+    backends = [b for b in ("cpp", "triton", "cuda") if available_backends()[b]]
+    return [b for b in backends if (b == "cpp") == (device.type == "cpu")]
+
+
+def eager_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return module(a, b)
+
+
+def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool) -> dict:
+    g = torch.Generator().manual_seed(0)
+    maps = [
+        torch.randn(batch, WIDTH, size, size, generator=g)
+        .to(device=device, dtype=dtype)
+        .contiguous(memory_format=torch.channels_last)
+        for _ in range(2)
+    ]
+    providers = {"eager": eager_tail}
+    if compile_:
+        providers["compile"] = torch.compile(eager_tail)
+    for backend in kernel_backends(device):
+        providers[backend] = functools.partial(fused_tail, backend=backend)
+    upstream = torch.randn_like(maps[0])
+
+    def calls(call):
+        # NOTE: the retained graph timed by "bwd" gets modules of its own: batch norm's backward saves the
+        # running statistics, which every other training-mode forward updates in place.
+        module, graph_module = (EagerTail(WIDTH).to(device).train() for _ in range(2))
+
+        def forward():
+            with torch.no_grad():
+                call(module, *maps)
+
+        leaves = [m.detach().requires_grad_() for m in maps]
+        out = call(graph_module, *leaves)
+        graph_leaves = leaves + list(graph_module.parameters())
+
+        def backward():
+            torch.autograd.grad(out, graph_leaves, upstream, retain_graph=True)
+
+        def both():
+            fresh = [m.detach().requires_grad_() for m in maps]
+            torch.autograd.grad(call(module, *fresh), fresh + list(module.parameters()), upstream)
+
+        return {"fwd": forward, "bwd": backward, "both": both}
+
+    prepared = {name: calls(call) for name, call in providers.items()}
+    medians = {
+        mode: interleaved_ms({n: c[mode] for n, c in prepared.items()}, device, repeat=repeat)
+        for mode in ("fwd", "bwd", "both")
+    }
+    return {n: tuple(medians[m][n][0] for m in ("fwd", "bwd", "both")) for n in providers}
+
+
+def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool) -> dict:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, WIDTH, size, size, generator=g).to(device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(WIDTH, WIDTH, 3, 3, generator=g) / (3 * WIDTH**0.5)).to(device=device, dtype=dtype)
+    bias = torch.randn(WIDTH, generator=g).to(device=device, dtype=dtype)
+
+    def eager(x, weight, bias):
+        return F.silu(F.conv2d(x, weight, bias, padding=1))
+
+    providers = {"eager": eager}
+    if compile_:
+        providers["compile"] = torch.compile(eager)
+    for backend in kernel_backends(device):
+        providers[backend] = functools.partial(conv3x3_bias_silu, backend=backend)
+    calls = {}
+    for name, call in providers.items():
+        calls[name] = functools.partial(torch.inference_mode()(call), x, weight, bias)
+    timed = interleaved_ms(calls, device, repeat=repeat)
+    return {n: (t[0], None, None) for n, t in timed.items()}
+
+
+def time_cfm(batch: int, device, dtype, repeat: int) -> dict:
+    """CFM forward in eval mode: train form (PyTorch modules, fused tail) and deploy form."""
+    in_channels = [128, 256, 512, 1024]
+    sizes = [120, 60, 30, 15]
+    g = torch.Generator().manual_seed(0)
+    features = [
+        torch.randn(batch, c, s, s, generator=g)
+        .to(device=device, dtype=dtype)
+        .contiguous(memory_format=torch.channels_last)
+        for c, s in zip(in_channels, sizes)
+    ]
+    train_form = CFM(in_channels, WIDTH).to(device=device, dtype=dtype).eval()
+    deploy_form = reparameterize(CFM(in_channels, WIDTH).to(device=device, dtype=dtype).eval())
+
+    def with_backend(module, backend):
+        def call():
+            previous = os.environ.get("PROVG_BACKEND")
+            if backend:
+                os.environ["PROVG_BACKEND"] = backend
+            try:
+                with torch.inference_mode():
+                    module(features)
+            finally:
+                if backend:
+                    if previous is None:
+                        os.environ.pop("PROVG_BACKEND")
+                    else:
+                        os.environ["PROVG_BACKEND"] = previous
+
+        return call
+
+    calls = {
+        "train form, torch ops": with_backend(train_form, "torch"),
+        "train form, fused ops": with_backend(train_form, None),
+        "deploy form, fused ops": with_backend(deploy_form, None),
+    }
+    timed = interleaved_ms(calls, device, warmup=2, repeat=repeat)
+    return {n: (t[0], None, None) for n, t in timed.items()}
+
+
+def rows_for(part: str, size: object, batch: int, timings: dict, baseline: str = "eager") -> list[list[str]]:
+    column = 2 if timings[baseline][2] is not None else 0
+    rows = []
+    for name, values in timings.items():
+        ratio = timings[baseline][column] / values[column]
+        versus_compile = timings["compile"][column] / values[column] if "compile" in timings else None
+        rows.append(
+            [
+                part,
+                size,
+                batch,
+                name,
+                *(f"{v:.2f}" if v is not None else "" for v in values),
+                f"{ratio:.2f}x",
+                f"{versus_compile:.2f}x" if versus_compile is not None else "",
+            ]
+        )
+    return rows
+
+
+def main() -> None:
+    # The backward is timed on its own with retain_graph=True, which a compiled backward that donates its
+    # buffers refuses.
+    torch._functorch.config.donated_buffer = False
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--parts", nargs="+", default=["tail", "conv", "cfm"], choices=["tail", "conv", "cfm"]
+    )
+    parser.add_argument("--sizes", nargs="+", type=int, default=[120, 60, 30, 15])
+    parser.add_argument("--batch", nargs="+", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
+    rows = []
+    for batch in batches:
+        for size in args.sizes:
+            if "tail" in args.parts:
+                timings = time_tail(size, batch, device, dtype, args.repeat, not args.no_compile)
+                rows += rows_for("tail (train)", f"{size}²", batch, timings)
+            if "conv" in args.parts:
+                timings = time_conv(size, batch, device, dtype, args.repeat, not args.no_compile)
+                rows += rows_for("conv (deploy)", f"{size}²", batch, timings)
+        if "cfm" in args.parts:
+            timings = time_cfm(batch, device, dtype, max(5, args.repeat // 2))
+            rows += rows_for("CFM eval fwd", "480 input", batch, timings, baseline="train form, torch ops")
+    print_table(f"RepVGG block kernels, width {WIDTH}, {args.dtype}, channels-last", HEADER, rows)
+    print(f"rows appended to {append_csv('repconv', [*HEADER, 'dtype'], [[*r, args.dtype] for r in rows])}")
+
+
+if __name__ == "__main__":
+    main()
