@@ -5,13 +5,19 @@ in its train form (eval mode) against its re-parameterized form.
 Tail: forward, backward and forward+backward medians (ms) of SiLU(BN(a) + BN(b)) in training mode
 (batch statistics and running-statistic updates) for every available backend, against the eager
 modules (two `nn.BatchNorm2d`, an add, `F.silu`) and `torch.compile` of them. Deploy convolution:
-forward of every backend against eager `F.conv2d` + bias + SiLU and its `torch.compile`. CFM: forward
+forward of every backend against eager `F.conv2d` + bias + SiLU and its `torch.compile`. Kernels: the
+tail's forward and backward kernels called directly, in GB/s next to a copy of one map. CFM: forward
 at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train form with
 PyTorch modules, train form with the fused tail, deploy form. Maps are channels-last, as in the model.
-Prints tables and appends rows to benchmarks/results/repconv.csv.
+Prints tables and appends rows to benchmarks/results/repconv.csv (and repconv_kernels.csv).
 
     python benchmarks/bench_repconv.py                # CPU: B = 1 and 2; GPU: B = 8
-    python benchmarks/bench_repconv.py --sizes 120 --batch 1 --parts tail
+    python benchmarks/bench_repconv.py --sizes 120 --batch 1 --parts tail kernels
+
+Large CPU tensors come from fresh pages unless glibc keeps freed memory (page faults then cost as much
+as the kernels at 120²); the allocator setting (``GLIBC_TUNABLES``, ``LD_PRELOAD``) is printed and
+stored with every row, e.g. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:
+glibc.malloc.trim_threshold=4000000000 python benchmarks/bench_repconv.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch import nn
 from provg.models.cfm import CFM
 from provg.models.repvgg import reparameterize
 from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu
+from provg.ops.rep_bn_add_silu import _kernels
 
 from common import append_csv, interleaved_ms, print_table
 
@@ -57,6 +64,14 @@ def fused_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor, backend: str
         training=True,
         backend=backend,
     )
+
+
+def allocator() -> str:
+    """The allocator settings of this process, as the environment gives them."""
+    settings = [
+        f"{name}={os.environ[name]}" for name in ("GLIBC_TUNABLES", "LD_PRELOAD") if os.environ.get(name)
+    ]
+    return " ".join(settings) or "default"
 
 
 def kernel_backends(device: torch.device) -> list[str]:
@@ -111,6 +126,39 @@ def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool)
         for mode in ("fwd", "bwd", "both")
     }
     return {n: tuple(medians[m][n][0] for m in ("fwd", "bwd", "both")) for n in providers}
+
+
+def time_kernels(size: int, batch: int, device, dtype, repeat: int) -> dict:
+    """The tail's kernels called directly (no autograd, no Python wrapper), and a copy of one map:
+    {name: (fwd ms, bwd ms, fwd GB/s, bwd GB/s)}; the forward moves 5 maps (reads a, b twice, writes
+    y), the backward 8 (reads grad, a, b twice, writes da, db)."""
+    g = torch.Generator().manual_seed(0)
+    maps = [
+        torch.randn(batch, WIDTH, size, size, generator=g)
+        .to(device=device, dtype=dtype)
+        .contiguous(memory_format=torch.channels_last)
+        for _ in range(2)
+    ]
+    weight = torch.rand(2, WIDTH, generator=g).to(device) + 0.5
+    bias = torch.randn(2, WIDTH, generator=g).to(device)
+    empty = weight.new_empty(0)
+    calls = {}
+    for backend in kernel_backends(device):
+        forward, backward = _kernels(backend)
+        _, mean, var = forward(maps, weight, bias, empty, empty, True, 1e-5)
+        grad = torch.randn_like(maps[0])
+        calls[f"{backend} fwd"] = functools.partial(forward, maps, weight, bias, empty, empty, True, 1e-5)
+        calls[f"{backend} bwd"] = functools.partial(backward, grad, maps, weight, bias, mean, var, True, 1e-5)
+    target = torch.empty_like(maps[0])
+    calls["copy"] = functools.partial(target.copy_, maps[0])
+    timed = interleaved_ms(calls, device, repeat=repeat)
+    size_bytes = maps[0].numel() * maps[0].element_size()
+    copy_ms = timed.pop("copy")[0]
+    result = {"copy": (copy_ms, None, 2 * size_bytes / copy_ms / 1e6, None)}
+    for backend in kernel_backends(device):
+        fwd, bwd = timed[f"{backend} fwd"][0], timed[f"{backend} bwd"][0]
+        result[f"{backend} kernels"] = (fwd, bwd, 5 * size_bytes / fwd / 1e6, 8 * size_bytes / bwd / 1e6)
+    return result
 
 
 def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool) -> dict:
@@ -201,7 +249,10 @@ def main() -> None:
     torch._functorch.config.donated_buffer = False
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--parts", nargs="+", default=["tail", "conv", "cfm"], choices=["tail", "conv", "cfm"]
+        "--parts",
+        nargs="+",
+        default=["tail", "kernels", "conv", "cfm"],
+        choices=["tail", "kernels", "conv", "cfm"],
     )
     parser.add_argument("--sizes", nargs="+", type=int, default=[120, 60, 30, 15])
     parser.add_argument("--batch", nargs="+", type=int, default=None)
@@ -212,20 +263,37 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
-    rows = []
+    rows, kernel_rows = [], []
     for batch in batches:
         for size in args.sizes:
             if "tail" in args.parts:
                 timings = time_tail(size, batch, device, dtype, args.repeat, not args.no_compile)
                 rows += rows_for("tail (train)", f"{size}²", batch, timings)
+            if "kernels" in args.parts:
+                timings = time_kernels(size, batch, device, dtype, args.repeat)
+                for name, (fwd, bwd, fwd_rate, bwd_rate) in timings.items():
+                    optional = [
+                        f"{bwd:.3f}" if bwd else "",
+                        f"{fwd_rate:.1f}",
+                        f"{bwd_rate:.1f}" if bwd_rate else "",
+                    ]
+                    kernel_rows.append([f"{size}²", batch, name, f"{fwd:.3f}", *optional])
             if "conv" in args.parts:
                 timings = time_conv(size, batch, device, dtype, args.repeat, not args.no_compile)
                 rows += rows_for("conv (deploy)", f"{size}²", batch, timings)
         if "cfm" in args.parts:
             timings = time_cfm(batch, device, dtype, max(5, args.repeat // 2))
             rows += rows_for("CFM eval fwd", "480 input", batch, timings, baseline="train form, torch ops")
-    print_table(f"RepVGG block kernels, width {WIDTH}, {args.dtype}, channels-last", HEADER, rows)
-    print(f"rows appended to {append_csv('repconv', [*HEADER, 'dtype'], [[*r, args.dtype] for r in rows])}")
+    if kernel_rows:
+        header = ["size", "B", "what", "fwd ms", "bwd ms", "fwd GB/s", "bwd GB/s"]
+        print_table(f"Tail kernels alone (copy = one map copied), {args.dtype}", header, kernel_rows)
+        path = append_csv("repconv_kernels", [*header, "dtype"], [[*r, args.dtype] for r in kernel_rows])
+        print(f"rows appended to {path}")
+    if rows:
+        print_table(f"RepVGG block kernels, width {WIDTH}, {args.dtype}, channels-last", HEADER, rows)
+        print(
+            f"rows appended to {append_csv('repconv', [*HEADER, 'dtype'], [[*r, args.dtype] for r in rows])}"
+        )
 
 
 if __name__ == "__main__":
