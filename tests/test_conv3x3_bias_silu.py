@@ -87,6 +87,17 @@ def test_opcheck(backend, channels_last, residual):
     )
 
 
+def test_follows_autocast_like_conv2d():
+    x, weight, bias, r = _case((1, 8, 6, 5), 4, torch.float32, 6, True)
+    for residual, dtype in ((None, torch.bfloat16), (r.bfloat16(), torch.bfloat16), (r, torch.float32)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = F.silu(F.conv2d(x, weight, bias, padding=1))
+            expected = expected if residual is None else expected + residual
+            got = conv3x3_bias_silu(x, weight, bias, residual)
+        assert got.dtype == expected.dtype == dtype
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
 def test_bad_input_names_the_problem():
     x = torch.randn(1, 4, 5, 5)
     with pytest.raises(ValueError, match=r"weight must be \(C_out, 4, 3, 3\)"):

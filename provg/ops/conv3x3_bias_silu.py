@@ -10,6 +10,7 @@ post-op for float32, ATen's convolution and one fused OpenMP epilogue pass other
 as `F.conv2d` does); ``triton`` (implicit GEMM over channels-last maps
 with the epilogue in registers). The output has the memory format of ``x``. The backward (for
 fine-tuning a deployed model) recomputes the pre-activation and uses ATen's convolution backward.
+Under autocast the op computes in the autocast dtype, as `F.conv2d` would.
 """
 
 from __future__ import annotations
@@ -121,9 +122,14 @@ def conv3x3_bias_silu(
     for t in (weight, bias) + (() if residual is None else (residual,)):
         if t.device != x.device:
             raise ValueError(f"conv3x3_bias_silu: all inputs must be on {x.device}, got one on {t.device}")
-    dtype = x.dtype
-    for t in (weight, bias) + (() if residual is None else (residual,)):
-        dtype = torch.promote_types(dtype, t.dtype)
+    if torch.is_autocast_enabled(x.device.type):  # as F.conv2d under autocast: compute in its dtype
+        dtype = torch.get_autocast_dtype(x.device.type)
+        if residual is not None and residual.dtype != dtype:  # the add promotes, as eager's would
+            return conv3x3_bias_silu(x, weight, bias, None, backend) + residual
+    else:
+        dtype = x.dtype
+        for t in (weight, bias) + (() if residual is None else (residual,)):
+            dtype = torch.promote_types(dtype, t.dtype)
     chosen = select_backend("conv3x3_bias_silu", x.device, _IMPLEMENTED, _PREFERENCE, backend, dtype, _DTYPES)
     x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     if residual is not None:

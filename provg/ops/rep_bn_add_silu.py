@@ -10,8 +10,8 @@ With ``training=True`` (or no running statistics) the statistics are the batch's
 variance over B·H·W, shifted sums), and the running statistics are updated exactly as
 `torch.nn.BatchNorm2d` does (momentum, unbiased running variance); otherwise the running statistics
 are used. Backends: ``torch`` (`torch.nn.functional.batch_norm` per branch, then add and SiLU: the
-unfused block), ``cpp``, ``cuda``, ``triton``; NCHW and
-channels-last inputs (y keeps the layout of the first input).
+unfused block), ``cpp``, ``cuda``, ``triton``; NCHW and channels-last inputs (y keeps the layout of the
+first input). `rep_bn_add_silu_reference` is the float64 oracle the kernels are tested against.
 """
 
 from __future__ import annotations
