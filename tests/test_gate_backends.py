@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import provg
+from provg.models.repvgg import RepVGGBlock
 from provg.ops import _backend, available_backends, locate_gate, survey_gate, verify_gate
 from provg.ops.locate_gate import locate_gate_reference
 from provg.ops.survey_gate import survey_gate_reference
@@ -172,8 +173,10 @@ def test_compile_whole_model_vision_path_has_fused_ops_and_no_graph_break():
     targets = [str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"]
     fused = [t for t in targets if t.startswith("provg.")]
     stages = len(model.pcm)
+    blocks = sum(isinstance(m, RepVGGBlock) for m in model.modules())  # train form: the fused tail
     assert sorted(fused) == sorted(
         [f"provg.{g}_gate.default" for g in ("survey", "locate", "verify")] * stages
+        + ["provg.rep_bn_add_silu.default"] * blocks
     )
 
     compiled = torch.compile(model.ground, fullgraph=True, backend="aot_eager")

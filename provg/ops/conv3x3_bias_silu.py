@@ -136,4 +136,6 @@ def conv3x3_bias_silu(
         residual = residual.to(dtype).contiguous(memory_format=_layout(x))
     if chosen == "torch":
         return conv3x3_bias_silu_reference(x, weight, bias, residual)
-    return torch.ops.provg.conv3x3_bias_silu(x, weight.contiguous(), bias.contiguous(), residual, chosen)
+    return torch.ops.provg.conv3x3_bias_silu.default(
+        x, weight.contiguous(), bias.contiguous(), residual, chosen
+    )

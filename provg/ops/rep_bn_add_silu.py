@@ -259,7 +259,7 @@ def rep_bn_add_silu(
     layout = _layout(first)
     inputs = [x.contiguous(memory_format=layout) for x in inputs]
     if torch.compiler.is_compiling():
-        y, batch_mean, batch_var = torch.ops.provg.rep_bn_add_silu(
+        y, batch_mean, batch_var = torch.ops.provg.rep_bn_add_silu.default(
             inputs, weight, bias, mean, var, use_batch, eps, chosen
         )
     else:
