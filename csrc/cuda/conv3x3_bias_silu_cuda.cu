@@ -15,52 +15,13 @@
 #include <optional>
 
 #include "../repconv.h"
-#include "gate_common.cuh"
+#include "elementwise.cuh"
 
 namespace provg {
 namespace {
 
 using namespace cuda;
 
-constexpr int kVectorBytes = 16;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Multiprocessors of the current device (sizes the grids).
-int64_t multiprocessors() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
-// Channel of element i in memory order and of the ones after it, one at a time.
-struct ChannelWalker {
-  int64_t c, l;
-  __device__ __forceinline__ ChannelWalker(int64_t i, int64_t C, int64_t L, bool cl) {
-    if (cl) {
-      c = i % C;
-      l = 0;
-    } else {
-      const int64_t q = i / L;
-      l = i - q * L;
-      c = q % C;
-    }
-  }
-  __device__ __forceinline__ void next(int64_t C, int64_t L, bool cl) {
-    if (cl) {
-      if (++c == C) c = 0;
-    } else if (++l == L) {
-      l = 0;
-      if (++c == C) c = 0;
-    }
-  }
-};
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ scalar_t epilogue(scalar_t conv, scalar_t b, const scalar_t* residual, int64_t i) {
@@ -99,13 +60,6 @@ __global__ void bias_silu_epilogue_kernel(scalar_t* __restrict__ out, const scal
     const ChannelWalker w(i, C, L, cl);
     out[i] = epilogue<scalar_t, acc_t>(out[i], bias[w.c], residual, i);
   }
-}
-
-bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
-
-unsigned epilogue_blocks(int64_t items) {
-  const int64_t cap = multiprocessors() * 32;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(items, kThreads), cap)));
 }
 
 }  // namespace
@@ -169,10 +123,10 @@ at::Tensor conv3x3_bias_silu_forward_cuda(const at::Tensor& x_, const at::Tensor
     const scalar_t* b = bias.const_data_ptr<scalar_t>();
     if (aligned(y) && (r == nullptr || aligned(r))) {
       bias_silu_epilogue_kernel<scalar_t, acc_t, VEC>
-          <<<epilogue_blocks(ceil_div(total, VEC)), kThreads, 0, stream>>>(y, b, r, total, C_out, L, cl);
+          <<<elementwise_blocks(ceil_div(total, VEC)), kThreads, 0, stream>>>(y, b, r, total, C_out, L, cl);
     } else {
       bias_silu_epilogue_kernel<scalar_t, acc_t, 1>
-          <<<epilogue_blocks(total), kThreads, 0, stream>>>(y, b, r, total, C_out, L, cl);
+          <<<elementwise_blocks(total), kThreads, 0, stream>>>(y, b, r, total, C_out, L, cl);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "../repconv.h"
-#include "gate_common.cuh"
+#include "elementwise.cuh"
 
 namespace provg {
 namespace {
@@ -24,7 +24,6 @@ namespace {
 using namespace cuda;
 
 constexpr int kMaxBranches = 3;
-constexpr int kVectorBytes = 16;
 
 template <typename scalar_t>
 struct Branches {
@@ -34,45 +33,6 @@ struct Branches {
 template <typename scalar_t>
 struct BranchOutputs {
   scalar_t* x[kMaxBranches];
-};
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Multiprocessors of the current device (sizes the grids).
-int64_t multiprocessors() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
-// The channel of consecutive memory indices: (b, c, l) sits at (b·C + c)·L + l (NCHW) or (b·L + l)·C + c
-// (channels-last).
-struct ChannelWalker {
-  int64_t c, l;
-  __device__ __forceinline__ ChannelWalker(int64_t i, int64_t C, int64_t L, bool cl) {
-    if (cl) {
-      c = i % C;
-      l = 0;
-    } else {
-      const int64_t q = i / L;
-      l = i - q * L;
-      c = q % C;
-    }
-  }
-  __device__ __forceinline__ void next(int64_t C, int64_t L, bool cl) {
-    if (cl) {
-      if (++c == C) c = 0;
-    } else if (++l == L) {
-      l = 0;
-      if (++c == C) c = 0;
-    }
-  }
 };
 
 // s = Σ_k ((x_k − μ_k)·scale_k + β_k) for channel c; d[k] = x_k − μ_k.
@@ -289,14 +249,6 @@ struct Shape {
   bool cl;  // channels-last (and not plainly contiguous)
   at::ScalarType acc;
 };
-
-bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
-
-// Grid-stride launch size: enough blocks for the items, at most 32 per multiprocessor.
-unsigned elementwise_blocks(int64_t items) {
-  const int64_t cap = multiprocessors() * 32;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(items, kThreads), cap)));
-}
 
 void check_param(const char* op, const char* name, const at::Tensor& t, const Shape& s, const at::Device& device) {
   TORCH_CHECK(t.device() == device, op, ": ", name, " must be on ", device, ", got ", t.device());
