@@ -66,6 +66,95 @@ def _centered(x_ptr, mean_ptr, branch, offs, mask, c2, c_ok, C, ACC: tl.constexp
 
 
 @triton.jit
+def _branch_channels(ptr, c2, c_ok, C, K: tl.constexpr):
+    """Per-channel values of the (K, C) ``ptr`` for the three branch slots (unused slots repeat branch 0)."""
+    v0 = _channel(ptr, 0, c2, c_ok, C)
+    v1 = v0
+    v2 = v0
+    if K > 1:
+        v1 = _channel(ptr, 1, c2, c_ok, C)
+    if K > 2:
+        v2 = _channel(ptr, 2, c2, c_ok, C)
+    return v0, v1, v2
+
+
+@triton.jit
+def _pre_activation(
+    x0_ptr,
+    x1_ptr,
+    x2_ptr,
+    mean_ptr,
+    scale0,
+    scale1,
+    scale2,
+    bias,
+    offs,
+    mask,
+    c2,
+    c_ok,
+    C,
+    K: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """s = Σ_i β_i + Σ_i (x_i − μ_i)·γ_i·rstd_i over a tile, and the centred branches x_i − μ_i
+    (unused slots repeat branch 0)."""
+    xc0 = _centered(x0_ptr, mean_ptr, 0, offs, mask, c2, c_ok, C, ACC)
+    s = bias + xc0 * scale0
+    xc1 = xc0
+    xc2 = xc0
+    if K > 1:
+        xc1 = _centered(x1_ptr, mean_ptr, 1, offs, mask, c2, c_ok, C, ACC)
+        s += xc1 * scale1
+    if K > 2:
+        xc2 = _centered(x2_ptr, mean_ptr, 2, offs, mask, c2, c_ok, C, ACC)
+        s += xc2 * scale2
+    return s, xc0, xc1, xc2
+
+
+@triton.jit
+def _reduction_tile(
+    q_chunks,
+    iters,
+    stride_r,
+    stride_c,
+    C,
+    BLOCK_C: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+):
+    """This reduction program's chunk, channel offsets, tile indices, first position and row/channel base."""
+    chunk = tl.program_id(0).to(tl.int64)
+    q_start = (chunk % q_chunks) * iters * BLOCK_Q
+    offs_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c2, q2 = _tile_index(offs_c, tl.arange(0, BLOCK_Q).to(tl.int64), CHANNELS_LAST)
+    c_ok = c2 < C
+    base = (chunk // q_chunks) * stride_r + c2 * stride_c
+    return chunk, offs_c, c2, q2, c_ok, q_start, base
+
+
+@triton.jit
+def _elementwise_tile(
+    q_blocks,
+    Q,
+    C,
+    stride_r,
+    stride_c,
+    stride_q,
+    BLOCK_C: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+):
+    """This elementwise program's tile: element offsets, mask, channel indices and their validity."""
+    block = tl.program_id(0).to(tl.int64)
+    offs_q = (block % q_blocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c2, q2 = _tile_index(offs_c, offs_q, CHANNELS_LAST)
+    c_ok = c2 < C
+    offs = (block // q_blocks) * stride_r + c2 * stride_c + q2 * stride_q
+    return offs, c_ok & (q2 < Q), c2, c_ok
+
+
+@triton.jit
 def _stats_kernel(
     x0_ptr,  # (R, C, Q) branch 0
     x1_ptr,  # (R, C, Q) branch 1 when K > 1
@@ -86,13 +175,9 @@ def _stats_kernel(
     BLOCK_Q: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
 ):
-    chunk = tl.program_id(0).to(tl.int64)
-    r = chunk // q_chunks
-    q_start = (chunk % q_chunks) * iters * BLOCK_Q
-    offs_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c2, q2 = _tile_index(offs_c, tl.arange(0, BLOCK_Q).to(tl.int64), CHANNELS_LAST)
-    c_ok = c2 < C
-    base = r * stride_r + c2 * stride_c
+    chunk, offs_c, c2, q2, c_ok, q_start, base = _reduction_tile(
+        q_chunks, iters, stride_r, stride_c, C, BLOCK_C, BLOCK_Q, CHANNELS_LAST
+    )
     for branch in tl.static_range(K):
         if branch == 0:
             x_ptr = x0_ptr
@@ -136,24 +221,14 @@ def _forward_kernel(
     BLOCK_Q: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
 ):
-    block = tl.program_id(0).to(tl.int64)
-    r = block // q_blocks
-    offs_q = (block % q_blocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c2, q2 = _tile_index(offs_c, offs_q, CHANNELS_LAST)
-    c_ok = c2 < C
-    mask = c_ok & (q2 < Q)
-    offs = r * stride_r + c2 * stride_c + q2 * stride_q
-    s = tl.load(bias_ptr + c2, mask=c_ok, other=0.0)
-    s = s + _centered(x0_ptr, mean_ptr, 0, offs, mask, c2, c_ok, C, ACC) * _channel(scale_ptr, 0, c2, c_ok, C)
-    if K > 1:
-        s += _centered(x1_ptr, mean_ptr, 1, offs, mask, c2, c_ok, C, ACC) * _channel(
-            scale_ptr, 1, c2, c_ok, C
-        )
-    if K > 2:
-        s += _centered(x2_ptr, mean_ptr, 2, offs, mask, c2, c_ok, C, ACC) * _channel(
-            scale_ptr, 2, c2, c_ok, C
-        )
+    offs, mask, c2, c_ok = _elementwise_tile(
+        q_blocks, Q, C, stride_r, stride_c, stride_q, BLOCK_C, BLOCK_Q, CHANNELS_LAST
+    )
+    scale0, scale1, scale2 = _branch_channels(scale_ptr, c2, c_ok, C, K)
+    bias = tl.load(bias_ptr + c2, mask=c_ok, other=0.0)
+    s, _, _, _ = _pre_activation(
+        x0_ptr, x1_ptr, x2_ptr, mean_ptr, scale0, scale1, scale2, bias, offs, mask, c2, c_ok, C, K, ACC
+    )
     tl.store(y_ptr + offs, (s * tl.sigmoid(s)).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -188,22 +263,16 @@ def _backward_sums_kernel(
     BLOCK_Q: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
 ):
-    chunk = tl.program_id(0).to(tl.int64)
-    r = chunk // q_chunks
-    q_start = (chunk % q_chunks) * iters * BLOCK_Q
-    offs_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c2, q2 = _tile_index(offs_c, tl.arange(0, BLOCK_Q).to(tl.int64), CHANNELS_LAST)
-    c_ok = c2 < C
+    chunk, offs_c, c2, q2, c_ok, q_start, base = _reduction_tile(
+        q_chunks, iters, stride_r, stride_c, C, BLOCK_C, BLOCK_Q, CHANNELS_LAST
+    )
     bias = tl.load(bias_ptr + c2, mask=c_ok, other=0.0)
-    scale0 = _channel(scale_ptr, 0, c2, c_ok, C)
-    base = r * stride_r + c2 * stride_c
+    scale0, scale1, scale2 = _branch_channels(scale_ptr, c2, c_ok, C, K)
     sum_ds = tl.zeros((c2 + q2).shape, ACC)
     sum_0 = tl.zeros((c2 + q2).shape, ACC)
     if K > 1:
-        scale1 = _channel(scale_ptr, 1, c2, c_ok, C)
         sum_1 = tl.zeros((c2 + q2).shape, ACC)
     if K > 2:
-        scale2 = _channel(scale_ptr, 2, c2, c_ok, C)
         sum_2 = tl.zeros((c2 + q2).shape, ACC)
     for it in range(0, iters):
         q = q_start + it * BLOCK_Q + q2
@@ -211,14 +280,9 @@ def _backward_sums_kernel(
         offs = base + q * stride_q
         # NOTE: masked lanes load grad = 0, so their ds (and every product with it) is 0.
         grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC)
-        xc0 = _centered(x0_ptr, mean_ptr, 0, offs, mask, c2, c_ok, C, ACC)
-        s = bias + xc0 * scale0
-        if K > 1:
-            xc1 = _centered(x1_ptr, mean_ptr, 1, offs, mask, c2, c_ok, C, ACC)
-            s += xc1 * scale1
-        if K > 2:
-            xc2 = _centered(x2_ptr, mean_ptr, 2, offs, mask, c2, c_ok, C, ACC)
-            s += xc2 * scale2
+        s, xc0, xc1, xc2 = _pre_activation(
+            x0_ptr, x1_ptr, x2_ptr, mean_ptr, scale0, scale1, scale2, bias, offs, mask, c2, c_ok, C, K, ACC
+        )
         ds = _silu_grad(grad, s)
         sum_ds += ds
         sum_0 += ds * xc0
@@ -286,22 +350,14 @@ def _backward_kernel(
     BLOCK_Q: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
 ):
-    block = tl.program_id(0).to(tl.int64)
-    r = block // q_blocks
-    offs_q = (block % q_blocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c2, q2 = _tile_index(offs_c, offs_q, CHANNELS_LAST)
-    c_ok = c2 < C
-    mask = c_ok & (q2 < Q)
-    offs = r * stride_r + c2 * stride_c + q2 * stride_q
-    xc0 = _centered(x0_ptr, mean_ptr, 0, offs, mask, c2, c_ok, C, ACC)
-    s = tl.load(bias_ptr + c2, mask=c_ok, other=0.0) + xc0 * _channel(scale_ptr, 0, c2, c_ok, C)
-    if K > 1:
-        xc1 = _centered(x1_ptr, mean_ptr, 1, offs, mask, c2, c_ok, C, ACC)
-        s += xc1 * _channel(scale_ptr, 1, c2, c_ok, C)
-    if K > 2:
-        xc2 = _centered(x2_ptr, mean_ptr, 2, offs, mask, c2, c_ok, C, ACC)
-        s += xc2 * _channel(scale_ptr, 2, c2, c_ok, C)
+    offs, mask, c2, c_ok = _elementwise_tile(
+        q_blocks, Q, C, stride_r, stride_c, stride_q, BLOCK_C, BLOCK_Q, CHANNELS_LAST
+    )
+    scale0, scale1, scale2 = _branch_channels(scale_ptr, c2, c_ok, C, K)
+    bias = tl.load(bias_ptr + c2, mask=c_ok, other=0.0)
+    s, xc0, xc1, xc2 = _pre_activation(
+        x0_ptr, x1_ptr, x2_ptr, mean_ptr, scale0, scale1, scale2, bias, offs, mask, c2, c_ok, C, K, ACC
+    )
     ds = _silu_grad(tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC), s)
     _store_dx(dx0_ptr, 0, ds, xc0, scale_ptr, offset_ptr, slope_ptr, offs, mask, c2, c_ok, C, TRAINING)
     if K > 1:
