@@ -1,4 +1,8 @@
-"""What the three gate operators share: input checks, kernel lookup per backend, backend choice."""
+"""What the fused operators share: input checks, kernel lookup per backend, backend choice, layout.
+
+The PCM gates and `rep_bn_add_silu` have the same backends and dtypes; `conv3x3_bias_silu` prefers
+cuDNN on GPU and keeps its own choice.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,15 @@ from torch import Tensor
 
 from ._backend import select_backend
 
-__all__ = ["GATE_BACKENDS", "GATE_DTYPES", "check_keys", "choose_backend", "kernels", "promote"]
+__all__ = [
+    "GATE_BACKENDS",
+    "GATE_DTYPES",
+    "check_keys",
+    "choose_backend",
+    "kernels",
+    "memory_layout",
+    "promote",
+]
 
 GATE_BACKENDS = ("torch", "cpp", "triton", "cuda")
 _PREFERENCE = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
@@ -54,3 +66,11 @@ def kernels(op: str, backend: str):
         module = importlib.import_module(f"provg.ops.triton.{op}")
         return module.forward, module.backward
     return getattr(torch.ops.provg, f"{op}_forward"), getattr(torch.ops.provg, f"{op}_backward")
+
+
+def memory_layout(x: Tensor) -> torch.memory_format:
+    """channels-last when the (B, C, H, W) ``x`` is laid out so (and not also plainly contiguous), else
+    NCHW: the layout the RepVGG kernels compute in and return."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

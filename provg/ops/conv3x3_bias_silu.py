@@ -22,16 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._backend import select_backend
+from ._gate_api import GATE_BACKENDS, GATE_DTYPES, memory_layout
 
 __all__ = ["conv3x3_bias_silu", "conv3x3_bias_silu_reference"]
 
-_IMPLEMENTED = ("torch", "cpp", "triton", "cuda")
 # NOTE: cuDNN's convolution with a fused epilogue is the automatic choice on GPU; the Triton implicit
 # GEMM is there to be forced and benchmarked against it (benchmarks/bench_repconv.py).
 _PREFERENCE = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
-_FLOAT = (torch.float32, torch.float64)
-_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_DTYPES = {"torch": _ALL, "cpp": _FLOAT, "cuda": _ALL, "triton": _ALL}
 
 
 def conv3x3_bias_silu_reference(
@@ -62,7 +59,7 @@ def _forward(x, weight, bias, residual, backend):
 @torch.library.register_fake("provg::conv3x3_bias_silu")
 def _forward_fake(x, weight, bias, residual, backend):
     shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
-    return x.new_empty(shape).contiguous(memory_format=_layout(x))
+    return x.new_empty(shape).contiguous(memory_format=memory_layout(x))
 
 
 def _setup_context(ctx, inputs, output):
@@ -95,12 +92,6 @@ def _autograd_backward(ctx, grad):
 torch.library.register_autograd("provg::conv3x3_bias_silu", _autograd_backward, setup_context=_setup_context)
 
 
-def _layout(x: Tensor) -> torch.memory_format:
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def conv3x3_bias_silu(
     x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None = None, backend: str | None = None
 ) -> Tensor:
@@ -130,10 +121,12 @@ def conv3x3_bias_silu(
         dtype = x.dtype
         for t in (weight, bias) + (() if residual is None else (residual,)):
             dtype = torch.promote_types(dtype, t.dtype)
-    chosen = select_backend("conv3x3_bias_silu", x.device, _IMPLEMENTED, _PREFERENCE, backend, dtype, _DTYPES)
+    chosen = select_backend(
+        "conv3x3_bias_silu", x.device, GATE_BACKENDS, _PREFERENCE, backend, dtype, GATE_DTYPES
+    )
     x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     if residual is not None:
-        residual = residual.to(dtype).contiguous(memory_format=_layout(x))
+        residual = residual.to(dtype).contiguous(memory_format=memory_layout(x))
     if chosen == "torch":
         return conv3x3_bias_silu_reference(x, weight, bias, residual)
     return torch.ops.provg.conv3x3_bias_silu.default(

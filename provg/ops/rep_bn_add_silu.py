@@ -16,22 +16,15 @@ first input). `rep_bn_add_silu_reference` is the float64 oracle the kernels are 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._backend import select_backend
+from ._gate_api import choose_backend, kernels, memory_layout
 
 __all__ = ["rep_bn_add_silu", "rep_bn_add_silu_reference"]
-
-_IMPLEMENTED = ("torch", "cpp", "triton", "cuda")
-_PREFERENCE = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
-_FLOAT = (torch.float32, torch.float64)
-_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_DTYPES = {"torch": _ALL, "cpp": _FLOAT, "cuda": _ALL, "triton": _ALL}
 
 
 def _per_channel(t: Tensor) -> Tensor:
@@ -65,13 +58,6 @@ def rep_bn_add_silu_reference(
     return F.silu(total).to(inputs[0].dtype), torch.stack(means), torch.stack(variances)
 
 
-def _kernels(backend: str):
-    if backend == "triton":
-        module = importlib.import_module("provg.ops.triton.rep_bn_add_silu")
-        return module.forward, module.backward
-    return torch.ops.provg.rep_bn_add_silu_forward, torch.ops.provg.rep_bn_add_silu_backward
-
-
 _SCHEMA = "Tensor[] inputs, Tensor weight, Tensor bias, Tensor mean, Tensor var, bool training, float eps"
 torch.library.define("provg::rep_bn_add_silu", f"({_SCHEMA}, str backend) -> (Tensor, Tensor, Tensor)")
 torch.library.define(
@@ -81,12 +67,14 @@ torch.library.define(
 
 @torch.library.impl("provg::rep_bn_add_silu", "default")
 def _forward(inputs, weight, bias, mean, var, training, eps, backend):
-    return tuple(_kernels(backend)[0](inputs, weight, bias, mean, var, training, eps))
+    return tuple(kernels("rep_bn_add_silu", backend)[0](inputs, weight, bias, mean, var, training, eps))
 
 
 @torch.library.impl("provg::rep_bn_add_silu_grad", "default")
 def _backward(grad, inputs, weight, bias, mean, var, training, eps, backend):
-    dinputs, dweight, dbias = _kernels(backend)[1](grad, inputs, weight, bias, mean, var, training, eps)
+    dinputs, dweight, dbias = kernels("rep_bn_add_silu", backend)[1](
+        grad, inputs, weight, bias, mean, var, training, eps
+    )
     return list(dinputs), dweight, dbias
 
 
@@ -100,21 +88,28 @@ def _backward_fake(grad, inputs, weight, bias, mean, var, training, eps, backend
     return [torch.empty_like(x) for x in inputs], weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    tensors, weight, bias, _, _, training, eps, backend = inputs
-    _, used_mean, used_var = output
+def _save(ctx, tensors, weight, bias, used_mean, used_var, training, eps, backend) -> None:
+    """What both autograd paths keep for the backward: the inputs and the statistics used."""
     ctx.mark_non_differentiable(used_mean, used_var)
     ctx.save_for_backward(*tensors, weight, bias, used_mean, used_var)
     ctx.arguments = (training, eps, backend)
 
 
-def _autograd_backward(ctx, grad, _grad_mean, _grad_var):
+def _grad_arguments(ctx, grad: Tensor) -> tuple:
+    """(grad in the inputs' layout, inputs, weight, bias, mean, var, training, eps, backend)."""
     training, eps, backend = ctx.arguments
     *tensors, weight, bias, mean, var = ctx.saved_tensors
-    layout = _layout(tensors[0])
-    dinputs, dweight, dbias = torch.ops.provg.rep_bn_add_silu_grad(
-        grad.contiguous(memory_format=layout), tensors, weight, bias, mean, var, training, eps, backend
-    )
+    grad = grad.contiguous(memory_format=memory_layout(tensors[0]))
+    return grad, tensors, weight, bias, mean, var, training, eps, backend
+
+
+def _setup_context(ctx, inputs, output):
+    tensors, weight, bias, _, _, training, eps, backend = inputs
+    _save(ctx, tensors, weight, bias, output[1], output[2], training, eps, backend)
+
+
+def _autograd_backward(ctx, grad, _grad_mean, _grad_var):
+    dinputs, dweight, dbias = torch.ops.provg.rep_bn_add_silu_grad(*_grad_arguments(ctx, grad))
     return list(dinputs), dweight, dbias, None, None, None, None, None
 
 
@@ -127,26 +122,16 @@ class _EagerFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, mean, var, training, eps, backend, *tensors):
-        y, used_mean, used_var = _kernels(backend)[0](list(tensors), weight, bias, mean, var, training, eps)
-        ctx.mark_non_differentiable(used_mean, used_var)
-        ctx.save_for_backward(*tensors, weight, bias, used_mean, used_var)
-        ctx.arguments = (training, eps, backend)
+        forward = kernels("rep_bn_add_silu", backend)[0]
+        y, used_mean, used_var = forward(list(tensors), weight, bias, mean, var, training, eps)
+        _save(ctx, tensors, weight, bias, used_mean, used_var, training, eps, backend)
         return y, used_mean, used_var
 
     @staticmethod
     def backward(ctx, grad, _grad_mean, _grad_var):
-        training, eps, backend = ctx.arguments
-        *tensors, weight, bias, mean, var = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=_layout(tensors[0]))
-        dinputs, dweight, dbias = _kernels(backend)[1](grad, tensors, weight, bias, mean, var, training, eps)
+        *arguments, backend = _grad_arguments(ctx, grad)
+        dinputs, dweight, dbias = kernels("rep_bn_add_silu", backend)[1](*arguments)
         return dweight, dbias, None, None, None, None, None, *dinputs
-
-
-def _layout(x: Tensor) -> torch.memory_format:
-    """channels-last when ``x`` is laid out so (and not also plainly contiguous), else NCHW."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _stack(values: Sequence[Tensor | None], fill: float, like: Tensor) -> Tensor:
@@ -242,9 +227,7 @@ def rep_bn_add_silu(
         )
     if use_batch and eps <= 0.0:
         raise ValueError(f"rep_bn_add_silu: eps must be positive with batch statistics, got {eps}")
-    chosen = select_backend(
-        "rep_bn_add_silu", first.device, _IMPLEMENTED, _PREFERENCE, backend, first.dtype, _DTYPES
-    )
+    chosen = choose_backend("rep_bn_add_silu", first, backend)
     if chosen == "torch":
         return _eager(inputs, running_means, running_vars, weights, biases, training, momenta, eps)
     acc = torch.float64 if first.dtype == torch.float64 else torch.float32
@@ -256,7 +239,7 @@ def rep_bn_add_silu(
     else:
         mean = _stack(running_means, 0.0, like).detach()
         var = _stack(running_vars, 1.0, like).detach()
-    layout = _layout(first)
+    layout = memory_layout(first)
     inputs = [x.contiguous(memory_format=layout) for x in inputs]
     if torch.compiler.is_compiling():
         y, batch_mean, batch_var = torch.ops.provg.rep_bn_add_silu.default(

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._gate_api import memory_layout
 from .common import acc_dtype, matmul, next_power_of_2, use_dot
 
 __all__ = ["forward"]
@@ -125,7 +126,7 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None) ->
     """``SiLU(conv2d(x, weight, bias, padding=1)) [+ residual]`` in the memory format of ``x``."""
     batch, c_in, height, width = x.shape
     c_out = weight.shape[0]
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = memory_layout(x) == torch.channels_last
     y = torch.empty((batch, c_out, height, width), dtype=x.dtype, device=x.device).contiguous(
         memory_format=torch.channels_last
     )
