@@ -33,7 +33,7 @@ from torch import nn
 from provg.models.cfm import CFM
 from provg.models.repvgg import reparameterize
 from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu
-from provg.ops.rep_bn_add_silu import _kernels
+from provg.ops._gate_api import kernels
 
 from common import append_csv, interleaved_ms, print_table
 
@@ -79,18 +79,19 @@ def kernel_backends(device: torch.device) -> list[str]:
     return [b for b in backends if (b == "cpp") == (device.type == "cpu")]
 
 
+def channels_last_map(batch: int, size: int, g: torch.Generator, device, dtype) -> torch.Tensor:
+    """A random (batch, WIDTH, size, size) map, channels-last as in the model."""
+    map_ = torch.randn(batch, WIDTH, size, size, generator=g).to(device=device, dtype=dtype)
+    return map_.contiguous(memory_format=torch.channels_last)
+
+
 def eager_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return module(a, b)
 
 
 def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool) -> dict:
     g = torch.Generator().manual_seed(0)
-    maps = [
-        torch.randn(batch, WIDTH, size, size, generator=g)
-        .to(device=device, dtype=dtype)
-        .contiguous(memory_format=torch.channels_last)
-        for _ in range(2)
-    ]
+    maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(2)]
     providers = {"eager": eager_tail}
     if compile_:
         providers["compile"] = torch.compile(eager_tail)
@@ -133,18 +134,13 @@ def time_kernels(size: int, batch: int, device, dtype, repeat: int) -> dict:
     {name: (fwd ms, bwd ms, fwd GB/s, bwd GB/s)}; the forward moves 5 maps (reads a, b twice, writes
     y), the backward 8 (reads grad, a, b twice, writes da, db)."""
     g = torch.Generator().manual_seed(0)
-    maps = [
-        torch.randn(batch, WIDTH, size, size, generator=g)
-        .to(device=device, dtype=dtype)
-        .contiguous(memory_format=torch.channels_last)
-        for _ in range(2)
-    ]
+    maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(2)]
     weight = torch.rand(2, WIDTH, generator=g).to(device) + 0.5
     bias = torch.randn(2, WIDTH, generator=g).to(device)
     empty = weight.new_empty(0)
     calls = {}
     for backend in kernel_backends(device):
-        forward, backward = _kernels(backend)
+        forward, backward = kernels("rep_bn_add_silu", backend)
         _, mean, var = forward(maps, weight, bias, empty, empty, True, 1e-5)
         grad = torch.randn_like(maps[0])
         calls[f"{backend} fwd"] = functools.partial(forward, maps, weight, bias, empty, empty, True, 1e-5)
@@ -163,8 +159,7 @@ def time_kernels(size: int, batch: int, device, dtype, repeat: int) -> dict:
 
 def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool) -> dict:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, WIDTH, size, size, generator=g).to(device=device, dtype=dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = channels_last_map(batch, size, g, device, dtype)
     weight = (torch.randn(WIDTH, WIDTH, 3, 3, generator=g) / (3 * WIDTH**0.5)).to(device=device, dtype=dtype)
     bias = torch.randn(WIDTH, generator=g).to(device=device, dtype=dtype)
 
