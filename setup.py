@@ -67,7 +67,12 @@ def _extensions() -> tuple[list, dict]:
     with_cuda = not _flag("FORCE_ONLY_CPU") and (
         _flag("FORCE_CUDA") or (torch.cuda.is_available() and CUDA_HOME is not None)
     )
-    sources = ["csrc/ops.cpp", "csrc/python_module.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources = [
+        "csrc/ops.cpp",
+        "csrc/rep_bn_add_silu_autograd.cpp",
+        "csrc/python_module.cpp",
+        *sorted(glob.glob("csrc/cpu/*.cpp")),
+    ]
     cxx_flags = ["-O3", "-fopenmp", *_cpu_vector_flags()]
     extra_compile_args: dict[str, list[str]] = {"cxx": cxx_flags}
     define_macros: list[tuple[str, str | None]] = []

@@ -1,5 +1,6 @@
 // Schemas of the operators in the `provg` library namespace. Kernels register themselves per device
-// in csrc/cpu/ and csrc/cuda/; autograd and fake (meta) kernels are registered from Python.
+// in csrc/cpu/ and csrc/cuda/; autograd and fake (meta) kernels are registered from Python, except
+// rep_bn_add_silu_eager's autograd (C++, csrc/rep_bn_add_silu_autograd.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY(provg, m) {
@@ -25,5 +26,10 @@ TORCH_LIBRARY(provg, m) {
   m.def(
       "rep_bn_add_silu_backward(Tensor grad, Tensor[] inputs, Tensor weight, Tensor bias, Tensor mean, "
       "Tensor var, bool training, float eps) -> (Tensor[] dinputs, Tensor dweight, Tensor dbias)");
+  // The eager entry point with its autograd in C++ (csrc/rep_bn_add_silu_autograd.cpp); updates the running
+  // statistics in place in training.
+  m.def(
+      "rep_bn_add_silu_eager(Tensor[] inputs, Tensor?[] weights, Tensor?[] biases, Tensor(a!)[] running_means, "
+      "Tensor(b!)[] running_vars, bool training, float[] momenta, float eps) -> Tensor");
   m.def("conv3x3_bias_silu_forward(Tensor x, Tensor weight, Tensor bias, Tensor? residual) -> Tensor");
 }

@@ -267,3 +267,41 @@ def test_gpu_backend_matches_reference(backend, layout, training, dtype, shape):
     for got, want in zip([y, *grads], [ref_y, *ref_grads]):
         scale = want.abs().max().clamp_min(1.0)
         assert ((got.double() - want).abs().max() / scale).item() <= tolerance * (1 if got is y else 10)
+
+
+@pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
+def test_cpp_entry_point_without_affine_under_inference_mode():
+    """The C++ entry point (autograd, parameter packing, running update in C++) against the torch backend:
+    missing weights/biases (affine=False, and one branch of two), inference mode, gradcheck of the inputs."""
+    g = torch.Generator().manual_seed(11)
+    xs = [torch.randn(2, 5, 3, 7, generator=g, dtype=torch.float64) for _ in range(2)]
+    one_weight = [torch.rand(5, dtype=torch.float64) + 0.5, None]
+    for weights, biases in (([None, None], [None, None]), (one_weight, one_weight)):
+        results = {}
+        for backend in ("torch", "cpp"):
+            seeded = [torch.Generator().manual_seed(i) for i in range(2)]
+            means = [torch.randn(5, generator=s, dtype=torch.float64) for s in seeded]
+            variances = [m.abs() + 0.5 for m in means]
+            with torch.inference_mode():
+                train = rep_bn_add_silu(xs, means, variances, weights, biases, training=True, backend=backend)
+                evaluated = rep_bn_add_silu(xs, means, variances, weights, biases, backend=backend)
+            results[backend] = (train, evaluated, *means, *variances)
+        for ours, theirs in zip(results["cpp"], results["torch"]):
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    leaves = [x.clone().requires_grad_() for x in xs]
+    assert torch.autograd.gradcheck(
+        lambda a, b: rep_bn_add_silu([a, b], training=True, backend="cpp"), leaves
+    )
+
+
+@pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
+def test_cpp_entry_point_schema_declares_the_running_statistic_update():
+    xs, *_ = _case((2, 3, 4, 5), 2, torch.float32, seed=4)
+    xs = [x.requires_grad_() for x in xs]
+    stats = [[torch.zeros(3), torch.zeros(3)], [torch.ones(3), torch.ones(3)]]
+    params = [torch.ones(3, requires_grad=True), None]
+    torch.library.opcheck(
+        torch.ops.provg.rep_bn_add_silu_eager.default,
+        (xs, params, [None, None], *stats, True, [0.1, 0.2], 1e-5),
+        test_utils=("test_schema", "test_autograd_registration"),
+    )

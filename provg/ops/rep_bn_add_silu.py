@@ -12,6 +12,11 @@ variance over B·H·W, shifted sums), and the running statistics are updated exa
 are used. Backends: ``torch`` (`torch.nn.functional.batch_norm` per branch, then add and SiLU: the
 unfused block), ``cpp``, ``cuda``, ``triton``; NCHW and channels-last inputs (y keeps the layout of the
 first input). `rep_bn_add_silu_reference` is the float64 oracle the kernels are tested against.
+
+Eager cpp/cuda calls go through one C++ operator (``provg::rep_bn_add_silu_eager``: autograd node,
+parameter packing and running-statistic update in C++, csrc/rep_bn_add_silu_autograd.cpp), because
+on the 15² and 30² CFM maps a Python autograd layer costs as much as the kernels; torch.compile and
+torch.export trace ``provg::rep_bn_add_silu``, whose autograd is registered below.
 """
 
 from __future__ import annotations
@@ -117,8 +122,9 @@ torch.library.register_autograd("provg::rep_bn_add_silu", _autograd_backward, se
 
 
 class _EagerFused(torch.autograd.Function):
-    """The same kernels as ``provg::rep_bn_add_silu`` without the custom-op wrapping, for eager calls:
-    torch.library's autograd layer costs more than the kernels themselves at the 15² and 30² maps."""
+    """The same kernels as ``provg::rep_bn_add_silu`` without the custom-op wrapping, for eager Triton
+    calls: torch.library's autograd layer costs more than the kernels themselves at the 15² and 30²
+    maps. Eager cpp/cuda calls take ``provg::rep_bn_add_silu_eager``, whose autograd is in C++."""
 
     @staticmethod
     def forward(ctx, weight, bias, mean, var, training, eps, backend, *tensors):
@@ -230,6 +236,18 @@ def rep_bn_add_silu(
     chosen = choose_backend("rep_bn_add_silu", first, backend)
     if chosen == "torch":
         return _eager(inputs, running_means, running_vars, weights, biases, training, momenta, eps)
+    if chosen != "triton" and not torch.compiler.is_compiling():
+        # The C++ entry point: autograd node, parameter packing and running-statistic update in C++.
+        return torch.ops.provg.rep_bn_add_silu_eager.default(
+            inputs,
+            weights,
+            biases,
+            list(running_means) if tracked else [],
+            list(running_vars) if tracked else [],
+            training,
+            momenta,
+            eps,
+        )
     acc = torch.float64 if first.dtype == torch.float64 else torch.float32
     like = first.new_empty(channels, dtype=acc)
     weight = _stack(weights, 1.0, like)

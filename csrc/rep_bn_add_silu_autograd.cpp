@@ -1,0 +1,206 @@
+// provg::rep_bn_add_silu_eager: the eager entry point of provg.ops.rep_bn_add_silu (ProVG Sec. 4.3) with
+// its autograd node, argument packing and running-statistic update in C++, device-agnostic over the
+// rep_bn_add_silu_{forward,backward} kernels (CPU or CUDA, as the inputs' device dispatches).
+//
+// The Python custom-op path (provg::rep_bn_add_silu with register_autograd, what torch.compile and
+// torch.export trace) and a Python autograd.Function cost more per call than the kernels themselves on
+// the small CFM maps (15², 30²); here one dispatcher call does what they do.
+//
+// Arguments follow torch.nn.functional.batch_norm, one entry per branch: a missing weight is 1, a
+// missing bias 0; empty running-statistic lists mean untracked statistics (batch statistics always).
+// In training with running statistics, running = (1 − m)·running + m·batch, with the unbiased batch
+// variance, as torch.nn.BatchNorm2d updates them.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/stack.h>
+
+#include <vector>
+
+namespace provg {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::MemoryFormat memory_layout(const at::Tensor& x) {
+  // NCHW unless x is channels-last and not also plainly contiguous (as provg.ops._gate_api.memory_layout).
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
+                                                                                : at::MemoryFormat::Contiguous;
+}
+
+at::ScalarType accumulation_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::vector<at::Tensor> in_layout(at::TensorList inputs) {
+  const at::MemoryFormat layout = memory_layout(inputs[0]);
+  std::vector<at::Tensor> out;
+  out.reserve(inputs.size());
+  for (const at::Tensor& x : inputs) out.push_back(x.contiguous(layout));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(at::TensorList inputs, const at::Tensor& weight,
+                                                              const at::Tensor& bias, const at::Tensor& mean,
+                                                              const at::Tensor& var, bool use_batch, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("provg::rep_bn_add_silu_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, bool, double)>();
+  return op.call(inputs, weight, bias, mean, var, use_batch, eps);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> backward_kernel(
+    const at::Tensor& grad, at::TensorList inputs, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& mean, const at::Tensor& var, bool use_batch, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("provg::rep_bn_add_silu_backward", "")
+                       .typed<std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>(
+                           const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, bool, double)>();
+  return op.call(grad, inputs, weight, bias, mean, var, use_batch, eps);
+}
+
+// The autograd node over the kernels. Arguments: the K branches, the K weights and K biases (every
+// one a tensor: missing ones are filled in by the caller), the statistics for eval mode.
+struct RepBnAddSiluFunction : public torch::autograd::Function<RepBnAddSiluFunction> {
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, at::TensorList weights,
+                               at::TensorList biases, const at::Tensor& mean, const at::Tensor& var, bool use_batch,
+                               double eps) {
+    const at::TensorOptions options = inputs[0].options().dtype(accumulation_type(inputs[0]));
+    const at::Tensor weight = at::stack(weights).to(options.dtype_opt()->toScalarType());
+    const at::Tensor bias = at::stack(biases).to(options.dtype_opt()->toScalarType());
+    std::vector<at::Tensor> maps = in_layout(inputs);
+    auto [y, used_mean, used_var] = forward_kernel(maps, weight, bias, mean, var, use_batch, eps);
+    ctx->mark_non_differentiable({used_mean, used_var});
+    maps.insert(maps.end(), {weight, bias, used_mean, used_var});
+    ctx->save_for_backward(maps);
+    ctx->saved_data["use_batch"] = use_batch;
+    ctx->saved_data["eps"] = eps;
+    std::vector<int64_t> dtypes;  // the parameters' own dtypes, for their gradients: weights, then biases
+    for (const at::TensorList parameters : {weights, biases})
+      for (const at::Tensor& p : parameters) dtypes.push_back(static_cast<int64_t>(p.scalar_type()));
+    ctx->saved_data["parameter_dtypes"] = dtypes;
+    return {y, used_mean, used_var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list saved = ctx->get_saved_variables();
+    const at::Tensor var = saved.back();
+    saved.pop_back();
+    const at::Tensor mean = saved.back();
+    saved.pop_back();
+    const at::Tensor bias = saved.back();
+    saved.pop_back();
+    const at::Tensor weight = saved.back();
+    saved.pop_back();
+    const int64_t k = static_cast<int64_t>(saved.size());
+    const at::Tensor grad = grads[0].contiguous(memory_layout(saved[0]));
+    auto [dinputs, dweight, dbias] = backward_kernel(grad, saved, weight, bias, mean, var,
+                                                     ctx->saved_data["use_batch"].toBool(),
+                                                     ctx->saved_data["eps"].toDouble());
+    const std::vector<int64_t> dtypes = ctx->saved_data["parameter_dtypes"].toIntVector();
+    variable_list out(dinputs.begin(), dinputs.end());
+    for (const at::Tensor* d : {&dweight, &dbias}) {
+      const std::vector<at::Tensor> rows = d->unbind(0);
+      for (int64_t i = 0; i < k; ++i) {
+        const auto dtype = static_cast<at::ScalarType>(dtypes[out.size() - k]);  // after the K dinputs
+        out.push_back(rows[i].scalar_type() == dtype ? rows[i] : rows[i].to(dtype));
+      }
+    }
+    out.resize(out.size() + 4);  // mean, var, use_batch, eps: no gradient
+    return out;
+  }
+};
+
+template <typename T>
+void update_running_cpu(at::TensorList running_means, at::TensorList running_vars, const at::Tensor& batch_mean,
+                        const at::Tensor& batch_var, c10::ArrayRef<double> momenta, double correction) {
+  const int64_t k = batch_mean.size(0), c = batch_mean.size(1);
+  const T* mean = batch_mean.const_data_ptr<T>();
+  const T* var = batch_var.const_data_ptr<T>();
+  for (int64_t i = 0; i < k; ++i) {
+    const T m = static_cast<T>(momenta[i]), keep = static_cast<T>(1.0 - momenta[i]);
+    const T unbiased = static_cast<T>(correction);
+    T* rm = running_means[i].data_ptr<T>();
+    T* rv = running_vars[i].data_ptr<T>();
+    for (int64_t j = 0; j < c; ++j) {
+      rm[j] = keep * rm[j] + m * mean[i * c + j];
+      rv[j] = keep * rv[j] + m * (var[i * c + j] * unbiased);
+    }
+  }
+}
+
+// running = (1 − m)·running + m·batch, with the unbiased batch variance (nn.BatchNorm2d's update).
+void update_running(at::TensorList running_means, at::TensorList running_vars, const at::Tensor& batch_mean,
+                    const at::Tensor& batch_var, c10::ArrayRef<double> momenta, int64_t count) {
+  at::NoGradGuard no_grad;
+  const double correction = static_cast<double>(count) / static_cast<double>(count - 1);
+  bool plain = batch_mean.is_cpu();  // CPU, contiguous, the statistics' dtype: a loop instead of 4·K ops
+  for (const at::TensorList stats : {running_means, running_vars})
+    for (const at::Tensor& r : stats)
+      plain = plain && r.is_cpu() && r.is_contiguous() && r.scalar_type() == batch_mean.scalar_type();
+  if (plain) {
+    AT_DISPATCH_FLOATING_TYPES(batch_mean.scalar_type(), "update_running", [&] {
+      update_running_cpu<scalar_t>(running_means, running_vars, batch_mean, batch_var, momenta, correction);
+    });
+    return;
+  }
+  const at::Tensor unbiased = batch_var.mul(correction);
+  for (int64_t i = 0; i < static_cast<int64_t>(momenta.size()); ++i) {
+    running_means[i].mul_(1.0 - momenta[i]).add_(batch_mean[i].to(running_means[i].scalar_type()), momenta[i]);
+    running_vars[i].mul_(1.0 - momenta[i]).add_(unbiased[i].to(running_vars[i].scalar_type()), momenta[i]);
+  }
+}
+
+at::Tensor rep_bn_add_silu_eager(at::TensorList inputs, const c10::List<std::optional<at::Tensor>>& weights,
+                                 const c10::List<std::optional<at::Tensor>>& biases, at::TensorList running_means,
+                                 at::TensorList running_vars, bool training, c10::ArrayRef<double> momenta,
+                                 double eps) {
+  const char* op = "rep_bn_add_silu";
+  const int64_t k = static_cast<int64_t>(inputs.size());
+  TORCH_CHECK(k >= 1 && k <= 3, op, ": 1 to 3 branch inputs, got ", k);
+  TORCH_CHECK(inputs[0].dim() == 4, op, ": inputs must be (B, C, H, W), got ", inputs[0].sizes());
+  const bool tracked = !running_means.empty();
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == k && static_cast<int64_t>(biases.size()) == k &&
+                  static_cast<int64_t>(momenta.size()) == k &&
+                  (!tracked || (static_cast<int64_t>(running_means.size()) == k &&
+                                static_cast<int64_t>(running_vars.size()) == k)),
+              op, ": one weight, bias, momentum (and running mean and var) per branch; got ", k, " branches");
+  const int64_t channels = inputs[0].size(1);
+  const at::TensorOptions options = inputs[0].options().dtype(accumulation_type(inputs[0]));
+  const bool use_batch = training || !tracked;
+  at::Tensor mean, var;
+  if (use_batch) {
+    mean = var = at::empty({0}, options);
+  } else {
+    mean = at::stack(running_means).to(options.dtype_opt()->toScalarType());
+    var = at::stack(running_vars).to(options.dtype_opt()->toScalarType());
+  }
+  std::vector<at::Tensor> weight_list, bias_list;
+  for (int64_t i = 0; i < k; ++i) {
+    const std::optional<at::Tensor> w = weights.get(i), b = biases.get(i);
+    weight_list.push_back(w.has_value() && w->defined() ? *w : at::full({channels}, 1.0, options));
+    bias_list.push_back(b.has_value() && b->defined() ? *b : at::full({channels}, 0.0, options));
+  }
+  variable_list out = RepBnAddSiluFunction::apply(inputs, at::TensorList(weight_list),
+                                                  at::TensorList(bias_list), mean, var, use_batch, eps);
+  if (training && tracked) {
+    update_running(running_means, running_vars, out[1], out[2], momenta, inputs[0].numel() / channels);
+  }
+  return out[0];
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(provg, Autograd, m) { m.impl("rep_bn_add_silu_eager", &rep_bn_add_silu_eager); }
+
+TORCH_LIBRARY_IMPL(provg, CompositeExplicitAutograd, m) {
+  m.impl("rep_bn_add_silu_eager", &rep_bn_add_silu_eager);
+}
+
+}  // namespace provg
