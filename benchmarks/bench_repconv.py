@@ -5,10 +5,12 @@ in its train form (eval mode) against its re-parameterized form.
 Tail: forward, backward and forward+backward medians (ms) of SiLU(BN(a) + BN(b)) in training mode
 (batch statistics and running-statistic updates) for every available backend, against the eager
 modules (two `nn.BatchNorm2d`, an add, `F.silu`) and `torch.compile` of them. Deploy convolution:
-forward of every backend against eager `F.conv2d` + bias + SiLU and its `torch.compile`. Kernels: the
+forward of every backend (on CPU the cpp backend's direct and Winograd algorithms) against eager
+`F.conv2d` + bias + SiLU and its `torch.compile`. Kernels: the
 tail's forward and backward kernels called directly, in GB/s next to a copy of one map. CFM: forward
-at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train form with
-PyTorch modules, train form with the fused tail, deploy form. Maps are channels-last, as in the model.
+at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train and deploy
+form with PyTorch modules and with the fused ops (automatic choices; on CPU also the deploy form with
+the direct convolution). Maps are channels-last, as in the model.
 Prints tables and appends rows to benchmarks/results/repconv.csv (and repconv_kernels.csv).
 
     python benchmarks/bench_repconv.py                # CPU: B = 1 and 2; GPU: B = 8
@@ -34,6 +36,7 @@ from provg.models.cfm import CFM
 from provg.models.repvgg import reparameterize
 from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu
 from provg.ops._gate_api import kernels
+from provg.ops.conv3x3_bias_silu import CONV_ALGORITHMS
 
 from common import append_csv, interleaved_ms, print_table
 
@@ -170,7 +173,13 @@ def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool)
     if compile_:
         providers["compile"] = torch.compile(eager)
     for backend in kernel_backends(device):
-        providers[backend] = functools.partial(conv3x3_bias_silu, backend=backend)
+        if backend == "cpp":  # its two algorithms (the automatic choice is Winograd at this width)
+            for algorithm in CONV_ALGORITHMS:
+                providers[f"cpp {algorithm}"] = functools.partial(
+                    conv3x3_bias_silu, backend=backend, algorithm=algorithm
+                )
+        else:
+            providers[backend] = functools.partial(conv3x3_bias_silu, backend=backend)
     calls = {}
     for name, call in providers.items():
         calls[name] = functools.partial(torch.inference_mode()(call), x, weight, bias)
@@ -192,28 +201,32 @@ def time_cfm(batch: int, device, dtype, repeat: int) -> dict:
     train_form = CFM(in_channels, WIDTH).to(device=device, dtype=dtype).eval()
     deploy_form = reparameterize(CFM(in_channels, WIDTH).to(device=device, dtype=dtype).eval())
 
-    def with_backend(module, backend):
+    def under(module, **environment):
+        """A call of ``module`` with the given environment variables set (the automatic choices else)."""
+
         def call():
-            previous = os.environ.get("PROVG_BACKEND")
-            if backend:
-                os.environ["PROVG_BACKEND"] = backend
+            previous = {name: os.environ.get(name) for name in environment}
+            os.environ.update(environment)
             try:
                 with torch.inference_mode():
                     module(features)
             finally:
-                if backend:
-                    if previous is None:
-                        os.environ.pop("PROVG_BACKEND")
+                for name, value in previous.items():
+                    if value is None:
+                        os.environ.pop(name)
                     else:
-                        os.environ["PROVG_BACKEND"] = previous
+                        os.environ[name] = value
 
         return call
 
     calls = {
-        "train form, torch ops": with_backend(train_form, "torch"),
-        "train form, fused ops": with_backend(train_form, None),
-        "deploy form, fused ops": with_backend(deploy_form, None),
+        "train form, torch ops": under(train_form, PROVG_BACKEND="torch"),
+        "train form, fused ops": under(train_form),
+        "deploy form, torch ops": under(deploy_form, PROVG_BACKEND="torch"),
+        "deploy form, fused ops": under(deploy_form),
     }
+    if device.type == "cpu":
+        calls["deploy form, fused, direct conv"] = under(deploy_form, PROVG_CONV_ALGORITHM="direct")
     timed = interleaved_ms(calls, device, warmup=2, repeat=repeat)
     return {n: (t[0], None, None) for n, t in timed.items()}
 

@@ -32,4 +32,8 @@ TORCH_LIBRARY(provg, m) {
       "rep_bn_add_silu_eager(Tensor[] inputs, Tensor?[] weights, Tensor?[] biases, Tensor(a!)[] running_means, "
       "Tensor(b!)[] running_vars, bool training, float[] momenta, float eps) -> Tensor");
   m.def("conv3x3_bias_silu_forward(Tensor x, Tensor weight, Tensor bias, Tensor? residual) -> Tensor");
+  // The same convolution by Winograd F(2×2, 3×3) (CPU; csrc/cpu/conv3x3_winograd_cpu.cpp): u is the
+  // (16, C_in, C_out) filter transform of the (C_out, C_in, 3, 3) weight.
+  m.def("conv3x3_winograd_weight(Tensor weight) -> Tensor");
+  m.def("conv3x3_bias_silu_winograd_forward(Tensor x, Tensor u, Tensor bias, Tensor? residual) -> Tensor");
 }

@@ -28,6 +28,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
     const at::Tensor& mean, const at::Tensor& var, bool training, double eps);
 at::Tensor conv3x3_bias_silu_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                          const std::optional<at::Tensor>& residual);
+at::Tensor conv3x3_winograd_weight_cpu(const at::Tensor& weight);
+at::Tensor conv3x3_bias_silu_winograd_forward_cpu(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+                                                  const std::optional<at::Tensor>& residual);
 
 #ifdef PROVG_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rep_bn_add_silu_forward_cuda(

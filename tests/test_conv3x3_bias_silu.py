@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from provg.ops import available_backends, conv3x3_bias_silu
+from provg.ops.conv3x3_bias_silu import _choose_algorithm
 
 AVAILABLE = available_backends()
 # Triton runs on CPU tensors only in its interpreter (tests set TRITON_INTERPRET=1 without a GPU).
@@ -21,6 +22,10 @@ KERNELS = [
 ]
 GPU_BACKENDS = [b for b in ("triton", "cuda") if AVAILABLE[b] and torch.cuda.is_available()]
 BACKENDS = ["torch", *KERNELS]
+# (backend, algorithm): the cpp backend's two algorithms are each checked on every shape.
+PROVIDERS = [("torch", None), *((b, "direct") for b in KERNELS)] + (
+    [("cpp", "winograd")] if "cpp" in KERNELS else []
+)
 # (B, C_in, H, W) -> C_out
 SHAPES = [((1, 5, 7, 7), 7), ((2, 7, 13, 11), 5), ((1, 97, 3, 5), 33), ((1, 1, 1, 1), 1), ((1, 16, 9, 9), 16)]
 
@@ -40,16 +45,16 @@ def _expected(x, weight, bias, r):
     return y if r is None else y + r.double()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "algorithm"), PROVIDERS)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_against_conv2d(backend, channels_last, residual, dtype):
+def test_against_conv2d(backend, algorithm, channels_last, residual, dtype):
     for index, (shape, out_channels) in enumerate(SHAPES):
         x, weight, bias, r = _case(shape, out_channels, dtype, index, residual)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = conv3x3_bias_silu(x, weight, bias, r, backend=backend)
+        y = conv3x3_bias_silu(x, weight, bias, r, backend=backend, algorithm=algorithm)
         expected = _expected(x, weight, bias, r)
         assert y.dtype == dtype and y.shape == expected.shape
         layout = torch.channels_last if channels_last and not x.is_contiguous() else torch.contiguous_format
@@ -60,10 +65,10 @@ def test_against_conv2d(backend, channels_last, residual, dtype):
         torch.testing.assert_close(y.double() / scale, expected / scale, rtol=rtol, atol=rtol)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_batch(backend):
+@pytest.mark.parametrize(("backend", "algorithm"), PROVIDERS)
+def test_empty_batch(backend, algorithm):
     x = torch.empty(0, 4, 5, 5)
-    y = conv3x3_bias_silu(x, torch.randn(3, 4, 3, 3), torch.randn(3), backend=backend)
+    y = conv3x3_bias_silu(x, torch.randn(3, 4, 3, 3), torch.randn(3), backend=backend, algorithm=algorithm)
     assert y.shape == (0, 3, 5, 5)
 
 
@@ -76,15 +81,41 @@ def test_gradients_float64(backend):
     assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_silu(*a, backend=backend), leaves)
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize(("backend", "algorithm"), PROVIDERS[1:])
 @pytest.mark.parametrize(("channels_last", "residual"), list(itertools.product([False, True], [False, True])))
-def test_opcheck(backend, channels_last, residual):
+def test_opcheck(backend, algorithm, channels_last, residual):
     x, weight, bias, r = _case((2, 4, 6, 5), 3, torch.float32, 4, residual)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(
-        torch.ops.provg.conv3x3_bias_silu.default, (x.requires_grad_(), weight, bias, r, backend)
+        torch.ops.provg.conv3x3_bias_silu.default, (x.requires_grad_(), weight, bias, r, backend, algorithm)
     )
+
+
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
+def test_winograd_on_a_cfm_shape_and_after_the_weight_changes():
+    """256 channels (the CFM width) at float32: within 1e-5 of the float64 convolution; an in-place change
+    of the weight (a fine-tuning step) is seen, not hidden by the cached filter transform."""
+    x, weight, bias, r = _case((1, 256, 15, 13), 256, torch.float32, 8, True)
+    x = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        y = conv3x3_bias_silu(x, weight, bias, r, algorithm="winograd")
+        expected = _expected(x, weight, bias, r)
+        scale = expected.abs().max()
+        assert ((y.double() - expected).abs().max() / scale).item() <= 1e-5
+        with torch.no_grad():
+            weight.mul_(-0.5)
+
+
+def test_algorithm_choice():
+    x32, x64 = torch.randn(1, 64, 4, 4), torch.randn(1, 64, 4, 4, dtype=torch.float64)
+    wide, narrow = torch.randn(64, 64, 3, 3), torch.randn(16, 64, 3, 3)
+    assert _choose_algorithm(None, "cpp", x32, wide) == "winograd"
+    assert _choose_algorithm(None, "cpp", x32, narrow) == "direct"
+    assert _choose_algorithm(None, "cpp", x64, wide.double()) == "direct"
+    assert _choose_algorithm(None, "torch", x32, wide) == "direct"
+    assert _choose_algorithm("direct", "cpp", x32, wide) == "direct"
+    assert _choose_algorithm("winograd", "cpp", x64, narrow.double()) == "winograd"
 
 
 def test_follows_autocast_like_conv2d():
@@ -108,6 +139,10 @@ def test_bad_input_names_the_problem():
         conv3x3_bias_silu(x, torch.randn(3, 4, 3, 3), torch.randn(3), torch.randn(1, 3, 5, 4))
     with pytest.raises(ValueError, match="x must be a floating"):
         conv3x3_bias_silu(torch.randn(4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(3))
+    with pytest.raises(ValueError, match="unknown algorithm 'fft'"):
+        conv3x3_bias_silu(x, torch.randn(3, 4, 3, 3), torch.randn(3), algorithm="fft")
+    with pytest.raises(ValueError, match=r"winograd algorithm is a kernel of the cpp backend.*'torch'"):
+        conv3x3_bias_silu(x, torch.randn(3, 4, 3, 3), torch.randn(3), backend="torch", algorithm="winograd")
 
 
 @pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")

@@ -4,18 +4,30 @@ After `provg.reparameterize` a RepVGG block is one 3×3 convolution with bias an
 residual ``r`` is the CSP block's add (``RepBlocks(conv1(x)) + conv2(x)``) folded into the last
 block. Fused, the bias, activation and residual cost no pass of their own.
 
-Backends: ``torch`` (`conv3x3_bias_silu_reference`); ``cpp`` (a oneDNN convolution with SiLU as a
-post-op for float32, ATen's convolution and one fused OpenMP epilogue pass otherwise); ``cuda``
+Backends: ``torch`` (`conv3x3_bias_silu_reference`); ``cpp`` (Winograd F(2×2, 3×3) or a oneDNN
+convolution with SiLU as a post-op for float32, ATen's convolution and one fused OpenMP epilogue pass
+for float64; see below); ``cuda``
 (cuDNN convolution and one fused epilogue kernel; float32 follows ``torch.backends.cudnn.allow_tf32``
 as `F.conv2d` does); ``triton`` (implicit GEMM over channels-last maps
 with the epilogue in registers). The output has the memory format of ``x``. The backward (for
 fine-tuning a deployed model) recomputes the pre-activation and uses ATen's convolution backward.
 Under autocast the op computes in the autocast dtype, as `F.conv2d` would.
+
+Algorithm of the cpp backend (``algorithm`` argument, else ``PROVG_CONV_ALGORITHM``, else automatic):
+``winograd`` computes each 2×2 output tile as Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A, 16 instead of 36 multiplies
+per tile and channel pair, as 16 batched GEMMs, with bias, SiLU and residual in the output transform
+(csrc/cpu/conv3x3_winograd_cpu.cpp); it differs from the direct convolution by rounding only (float32:
+~4e-7 relative at 256 channels; float64: ~1e-15). The filter transform is computed once per weight
+and version and cached. ``direct`` is the oneDNN / ATen convolution. Automatic: Winograd for float32
+with at least 32 input and output channels (1.6–1.9× the direct convolution at the CFM's 256
+channels, benchmarks/bench_repconv.py), direct otherwise.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +36,11 @@ from torch import Tensor
 from ._backend import select_backend
 from ._gate_api import GATE_BACKENDS, GATE_DTYPES, memory_layout
 
-__all__ = ["conv3x3_bias_silu", "conv3x3_bias_silu_reference"]
+__all__ = ["CONV_ALGORITHMS", "conv3x3_bias_silu", "conv3x3_bias_silu_reference"]
+
+CONV_ALGORITHMS = ("direct", "winograd")
+ALGORITHM_ENV_VAR = "PROVG_CONV_ALGORITHM"
+_WINOGRAD_MIN_CHANNELS = 32
 
 # NOTE: cuDNN's convolution with a fused epilogue is the automatic choice on GPU; the Triton implicit
 # GEMM is there to be forced and benchmarked against it (benchmarks/bench_repconv.py).
@@ -45,25 +61,63 @@ def _forward_kernel(backend: str):
     return torch.ops.provg.conv3x3_bias_silu_forward
 
 
+# id(weight) -> (weak reference, weight._version, filter transform): a deployed model's weights are
+# transformed once, and again only after an in-place change (which bumps the version).
+_winograd_weights: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+
+
+def _winograd_weight(weight: Tensor) -> Tensor:
+    key = id(weight)
+    entry = _winograd_weights.get(key)
+    if entry is not None and entry[0]() is weight and entry[1] == weight._version:
+        return entry[2]
+    u = torch.ops.provg.conv3x3_winograd_weight(weight.detach())
+    reference = weakref.ref(weight, lambda _, key=key: _winograd_weights.pop(key, None))
+    _winograd_weights[key] = (reference, weight._version, u)
+    return u
+
+
+def _choose_algorithm(requested: str | None, backend: str, x: Tensor, weight: Tensor) -> str:
+    """The cpp backend's algorithm: the request (argument, else the environment), else automatic."""
+    requested = requested or os.environ.get(ALGORITHM_ENV_VAR) or "auto"
+    if requested not in (*CONV_ALGORITHMS, "auto"):
+        raise ValueError(
+            f"conv3x3_bias_silu: unknown algorithm {requested!r}; choose one of "
+            f"{', '.join(CONV_ALGORITHMS)} or auto (argument or {ALGORITHM_ENV_VAR})"
+        )
+    if requested == "winograd" and backend != "cpp":
+        raise ValueError(
+            f"conv3x3_bias_silu: the winograd algorithm is a kernel of the cpp backend, but the backend is "
+            f"{backend!r}; use backend='cpp' (CPU tensors) or algorithm='direct'"
+        )
+    if requested != "auto":
+        return requested
+    wide = min(weight.shape[0], weight.shape[1]) >= _WINOGRAD_MIN_CHANNELS
+    return "winograd" if backend == "cpp" and x.dtype == torch.float32 and wide else "direct"
+
+
 torch.library.define(
     "provg::conv3x3_bias_silu",
-    "(Tensor x, Tensor weight, Tensor bias, Tensor? residual, str backend) -> Tensor",
+    "(Tensor x, Tensor weight, Tensor bias, Tensor? residual, str backend, str algorithm) -> Tensor",
 )
 
 
 @torch.library.impl("provg::conv3x3_bias_silu", "default")
-def _forward(x, weight, bias, residual, backend):
+def _forward(x, weight, bias, residual, backend, algorithm):
+    if algorithm == "winograd":
+        u = _winograd_weight(weight)
+        return torch.ops.provg.conv3x3_bias_silu_winograd_forward(x, u, bias, residual)
     return _forward_kernel(backend)(x, weight, bias, residual)
 
 
 @torch.library.register_fake("provg::conv3x3_bias_silu")
-def _forward_fake(x, weight, bias, residual, backend):
+def _forward_fake(x, weight, bias, residual, backend, algorithm):
     shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
     return x.new_empty(shape).contiguous(memory_format=memory_layout(x))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, residual, _ = inputs
+    x, weight, bias, residual, _, _ = inputs
     ctx.save_for_backward(x, weight, bias)
     ctx.has_residual = residual is not None
 
@@ -86,16 +140,24 @@ def _autograd_backward(ctx, grad):
         1,
         list(ctx.needs_input_grad[:3]),
     )
-    return dx, dweight, dbias, grad if ctx.has_residual else None, None
+    return dx, dweight, dbias, grad if ctx.has_residual else None, None, None
 
 
 torch.library.register_autograd("provg::conv3x3_bias_silu", _autograd_backward, setup_context=_setup_context)
 
 
 def conv3x3_bias_silu(
-    x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None = None, backend: str | None = None
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    residual: Tensor | None = None,
+    backend: str | None = None,
+    algorithm: str | None = None,
 ) -> Tensor:
-    """``SiLU(conv2d(x, weight, bias, padding=1)) [+ residual]`` for a (C_out, C_in, 3, 3) ``weight``."""
+    """``SiLU(conv2d(x, weight, bias, padding=1)) [+ residual]`` for a (C_out, C_in, 3, 3) ``weight``.
+
+    ``algorithm`` ("direct" or "winograd", cpp backend; default: ``PROVG_CONV_ALGORITHM``, else
+    automatic) picks how the cpp backend convolves; see the module docstring."""
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise ValueError(
             f"conv3x3_bias_silu: x must be a floating (B, C, H, W) tensor, got {getattr(x, 'shape', x)}"
@@ -116,7 +178,7 @@ def conv3x3_bias_silu(
     if torch.is_autocast_enabled(x.device.type):  # as F.conv2d under autocast: compute in its dtype
         dtype = torch.get_autocast_dtype(x.device.type)
         if residual is not None and residual.dtype != dtype:  # the add promotes, as eager's would
-            return conv3x3_bias_silu(x, weight, bias, None, backend) + residual
+            return conv3x3_bias_silu(x, weight, bias, None, backend, algorithm) + residual
     else:
         dtype = x.dtype
         for t in (weight, bias) + (() if residual is None else (residual,)):
@@ -127,8 +189,9 @@ def conv3x3_bias_silu(
     x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     if residual is not None:
         residual = residual.to(dtype).contiguous(memory_format=memory_layout(x))
+    how = _choose_algorithm(algorithm, chosen, x, weight)
     if chosen == "torch":
         return conv3x3_bias_silu_reference(x, weight, bias, residual)
     return torch.ops.provg.conv3x3_bias_silu.default(
-        x, weight.contiguous(), bias.contiguous(), residual, chosen
+        x, weight.contiguous(), bias.contiguous(), residual, chosen, how
     )
