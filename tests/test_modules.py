@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from provg.models.cfm import CFM
 from provg.models.heads import BoxHead, MaskHead
+from provg.models.layers import map_to_tokens, tokens_to_map
 from provg.models.lcd import LCM
 from provg.models.pcm import PCM, LocateAttention, SurveyAttention, VerifyAttention, normalize_pcm_mode
 from provg.text import LanguageFeatures
@@ -300,3 +301,29 @@ def test_position_aware_survey_queries():
     torch.testing.assert_close(module(x, language, mask, (2, 3)), expected, rtol=1e-11, atol=1e-11)
     with pytest.raises(ValueError, match="needs the"):
         module(x, language, mask)
+
+
+@pytest.mark.parametrize(
+    ("batch", "height", "width", "channels"), [(1, 7, 5, 3), (2, 1, 97, 4), (1, 1, 1, 1)]
+)
+def test_tokens_to_map_is_a_canonical_channels_last_view(batch, height, width, channels):
+    """Token p = h·W + w of channel c lands at map[b, c, h, w]; the map shares the tokens' storage with
+    the strides a channels-last tensor allocated afresh has (also at B = 1, where convolutions read the
+    batch stride to decide their output layout); map_to_tokens inverts it without a copy."""
+    tokens = torch.arange(batch * height * width * channels, dtype=torch.float32).reshape(
+        batch, height * width, channels
+    )
+    feature_map = tokens_to_map(tokens, height, width)
+    for b, c, h, w in [
+        (0, 0, 0, 0),
+        (batch - 1, channels - 1, height - 1, width - 1),
+        (0, channels // 2, height // 2, 0),
+    ]:
+        assert feature_map[b, c, h, w] == tokens[b, h * width + w, c]
+    assert feature_map.data_ptr() == tokens.data_ptr()
+    fresh = torch.empty(batch, channels, height, width, memory_format=torch.channels_last)
+    assert feature_map.stride() == fresh.stride()
+    back = map_to_tokens(feature_map)
+    assert torch.equal(back, tokens) and back.data_ptr() == tokens.data_ptr()
+    with pytest.raises(ValueError, match="12 tokens cannot form a 3×5 map"):
+        tokens_to_map(torch.zeros(1, 12, 2), 3, 5)

@@ -56,11 +56,12 @@ class ConvBNAct(nn.Sequential):
 
 
 def tokens_to_map(tokens: Tensor, height: int, width: int) -> Tensor:
-    """(B, H·W, C) tokens → (B, C, H, W) map; a view when the tokens are contiguous."""
+    """(B, H·W, C) tokens → (B, C, H, W) map; for contiguous tokens a channels-last view with the
+    canonical strides (batch stride H·W·C even at B = 1, which convolutions need to keep the layout)."""
     batch, positions, channels = tokens.shape
     if positions != height * width:
         raise ValueError(f"{positions} tokens cannot form a {height}×{width} map")
-    return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+    return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(feature_map: Tensor) -> Tensor:
