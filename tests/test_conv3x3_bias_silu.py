@@ -3,8 +3,10 @@ opcheck, layouts and bad input."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
+import sys
 
 import pytest
 import torch
@@ -105,6 +107,18 @@ def test_winograd_on_a_cfm_shape_and_after_the_weight_changes():
         assert ((y.double() - expected).abs().max() / scale).item() <= 1e-5
         with torch.no_grad():
             weight.mul_(-0.5)
+
+
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
+def test_winograd_filter_cache_follows_the_weight_lifetime():
+    cache = sys.modules["provg.ops.conv3x3_bias_silu"]._winograd_weights
+    x, weight, bias, _ = _case((1, 8, 5, 6), 8, torch.float32, 9, False)
+    conv3x3_bias_silu(x, weight, bias, algorithm="winograd")
+    key = id(weight)
+    assert key in cache and cache[key][0]() is weight
+    del weight
+    gc.collect()
+    assert key not in cache
 
 
 def test_algorithm_choice():
