@@ -269,6 +269,33 @@ def test_gpu_backend_matches_reference(backend, layout, training, dtype, shape):
         assert ((got.double() - want).abs().max() / scale).item() <= tolerance * (1 if got is y else 10)
 
 
+@pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_training_steps_match_batchnorm2d(backend):
+    """On the GPU (the cuda backend through the C++ entry point, whose running update takes ATen ops
+    there): outputs and running statistics after three steps equal nn.BatchNorm2d's."""
+    norms = [torch.nn.BatchNorm2d(6, momentum=m).cuda() for m in (0.1, 0.3)]
+    reference = copy.deepcopy(norms)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        xs = [(torch.randn(2, 6, 5, 7, generator=g) + 0.5).cuda() for _ in range(2)]
+        y = rep_bn_add_silu(
+            xs,
+            [bn.running_mean for bn in norms],
+            [bn.running_var for bn in norms],
+            [bn.weight for bn in norms],
+            [bn.bias for bn in norms],
+            training=True,
+            momentum=[0.1, 0.3],
+            backend=backend,
+        )
+        expected = F.silu(sum(bn(x) for bn, x in zip(reference, xs)))
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(norms, reference):
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=0, atol=1e-6)
+
+
 @pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
 def test_cpp_entry_point_without_affine_under_inference_mode():
     """The C++ entry point (autograd, parameter packing, running update in C++) against the torch backend:
