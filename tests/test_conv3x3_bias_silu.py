@@ -110,6 +110,20 @@ def test_winograd_on_a_cfm_shape_and_after_the_weight_changes():
 
 
 @pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
+@pytest.mark.parametrize(("shape", "out_channels"), [((2, 8, 37, 29), 5), ((3, 33, 33, 1), 40)])
+def test_winograd_across_tile_groups(shape, out_channels):
+    """More tiles than one GEMM group (256): 2 × 19 × 15 = 570 tiles in groups of 256, 256, 58 with
+    images straddling them; and a one-column map (half-empty tiles at every right edge)."""
+    x, weight, bias, r = _case(shape, out_channels, torch.float64, 10, True)
+    x = x.contiguous(memory_format=torch.channels_last)
+    expected = _expected(x, weight, bias, r)
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        args = [t.to(dtype) for t in (x, weight, bias, r)]
+        y = conv3x3_bias_silu(*args, algorithm="winograd")
+        assert ((y.double() - expected).abs().max() / expected.abs().max()).item() <= tolerance
+
+
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
 def test_winograd_filter_cache_follows_the_weight_lifetime():
     cache = sys.modules["provg.ops.conv3x3_bias_silu"]._winograd_weights
     x, weight, bias, _ = _case((1, 8, 5, 6), 8, torch.float32, 9, False)
