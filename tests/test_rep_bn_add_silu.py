@@ -138,11 +138,19 @@ def test_training_steps_match_batchnorm2d(backend, momentum, identity):
         with torch.no_grad():
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.normal_()
+    _assert_steps_match_batchnorm2d(norms, momentum, backend, steps=4, seed=3, alternate_layout=True)
+
+
+def _assert_steps_match_batchnorm2d(norms, momentum, backend, steps, seed, alternate_layout=False):
+    """Training steps of ``rep_bn_add_silu`` over ``norms`` against copies of them run as modules: outputs
+    (1e-5) after every step, running statistics (1e-6) after the last; odd steps channels-last when
+    ``alternate_layout``."""
+    device = norms[0].weight.device
     reference = copy.deepcopy(norms)
-    g = torch.Generator().manual_seed(3)
-    for step in range(4):
-        xs = [torch.randn(2, 6, 5, 7, generator=g) + 0.5 for _ in range(count)]
-        if step % 2:
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        xs = [(torch.randn(2, 6, 5, 7, generator=g) + 0.5).to(device) for _ in norms]
+        if alternate_layout and step % 2:
             xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
         y = rep_bn_add_silu(
             xs,
@@ -275,25 +283,7 @@ def test_gpu_training_steps_match_batchnorm2d(backend):
     """On the GPU (the cuda backend through the C++ entry point, whose running update takes ATen ops
     there): outputs and running statistics after three steps equal nn.BatchNorm2d's."""
     norms = [torch.nn.BatchNorm2d(6, momentum=m).cuda() for m in (0.1, 0.3)]
-    reference = copy.deepcopy(norms)
-    g = torch.Generator().manual_seed(5)
-    for _ in range(3):
-        xs = [(torch.randn(2, 6, 5, 7, generator=g) + 0.5).cuda() for _ in range(2)]
-        y = rep_bn_add_silu(
-            xs,
-            [bn.running_mean for bn in norms],
-            [bn.running_var for bn in norms],
-            [bn.weight for bn in norms],
-            [bn.bias for bn in norms],
-            training=True,
-            momentum=[0.1, 0.3],
-            backend=backend,
-        )
-        expected = F.silu(sum(bn(x) for bn, x in zip(reference, xs)))
-        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
-    for ours, theirs in zip(norms, reference):
-        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=0, atol=1e-6)
-        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=0, atol=1e-6)
+    _assert_steps_match_batchnorm2d(norms, [0.1, 0.3], backend, steps=3, seed=5)
 
 
 @pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
