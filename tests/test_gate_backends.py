@@ -134,6 +134,28 @@ def test_opcheck_contiguous_and_permuted(backend, op):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_survey_items_with_different_valid_token_counts(backend, dtype):
+    """The CPU kernel packs each item's valid tokens (masked ones are never read): items with 0, 1, 8, 9,
+    16 and 17 valid tokens out of 21, scattered, on either side of a vector's width (16 floats, 8
+    doubles). Masked tokens get exactly zero gradient."""
+    args, grad_indices = make("survey", (6, 37, 12, 21, 3), dtype, seed=11)
+    g = torch.Generator().manual_seed(5)
+    mask = torch.zeros(6, 21, dtype=torch.bool)
+    for item, count in enumerate((0, 1, 8, 9, 16, 17)):
+        mask[item, torch.randperm(21, generator=g)[:count]] = True
+    args = (*args[:4], mask, args[5])
+    out_ref, grads_ref, upstream = run("survey", args, grad_indices, "reference")
+    out, grads, _ = run("survey", args, grad_indices, backend, upstream)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert relative(out, out_ref) <= tolerance
+    for got, want in zip(grads, grads_ref):
+        assert relative(got, want) <= tolerance * 10
+    dk, dv = grads[2], grads[3]
+    assert dk[~mask].abs().max() == 0 and dv[~mask].abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_empty_batch(backend):
     for op in ("survey", "locate", "verify"):
         args, grad_indices = make(op, (2, 5, 4, 3, 1), torch.float32)

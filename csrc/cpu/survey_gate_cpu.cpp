@@ -2,10 +2,12 @@
 // kChunk positions per batch item, run in parallel, and each job into tiles of kTile positions whose
 // scores, weights and attention stay in L1/L2: per tile and head the attention is a few register-blocked
 // products (tile_gemm.h) around a vectorized masked softmax and a fused sigmoid gate, so x and q are
-// read once and y written once. The key/value gradients are summed over positions through per-job
-// partials reduced in job order, so results do not depend on the thread count.
+// read once and y written once. Only valid tokens enter the products (packed per batch item), so a
+// padded expression costs what its real tokens cost. The key/value gradients are summed over positions
+// through per-job partials reduced in job order, so results do not depend on the thread count.
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -44,40 +46,52 @@ Shape check_survey(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k
 constexpr int64_t kTile = 32;    // positions per tile
 constexpr int64_t kChunk = 128;  // positions per job: the unit of work and of the k/v gradient partials
 
-// Per (batch item, head) operands, rows padded to whole vectors with zeros: keys_t = scale·Kᵀ and
-// values_t = Vᵀ (width × keys_pad) for the score products, keys and values (N × width_pad) for the
-// mixing products, and bias (B × keys_pad): 0 for a valid token, −∞ for a masked one or padding.
+// Per (batch item, head) operands over the valid tokens only (a masked token has weight 0 and gets no
+// gradient, so it is left out of every product): keys_t = scale·Kᵀ and values_t = Vᵀ (width × keys_pad)
+// for the score products, keys and values (keys × width_pad) for the mixing products, and bias
+// (B × keys_pad): 0 for a valid token, −∞ for the padding. ``keys`` is the most valid tokens of any batch
+// item; token j of item b is input token index[b·keys + j] (items with fewer valid tokens are padded with
+// zero rows, whose weights are zero).
 template <typename T>
 struct Packed {
   at::Tensor keys_t, values_t, keys, values, bias;
-  int64_t keys_pad, width_pad;
+  std::vector<int64_t> index;
+  int64_t count, keys_pad, width_pad;
 };
 
 template <typename T>
 Packed<T> pack(const T* k, const T* v, const bool* mask, const Shape& s, T scale, const at::TensorOptions& options) {
   Packed<T> p;
-  p.keys_pad = padded<T>(s.keys);
+  p.count = 0;
+  for (int64_t b = 0; b < s.batch; ++b)
+    p.count = std::max<int64_t>(p.count, std::count(mask + b * s.keys, mask + (b + 1) * s.keys, true));
+  p.index.assign(s.batch * p.count, -1);
+  p.keys_pad = padded<T>(p.count);
   p.width_pad = padded<T>(s.width);
   p.keys_t = at::zeros({s.batch, s.heads, s.width, p.keys_pad}, options);
   p.values_t = at::zeros({s.batch, s.heads, s.width, p.keys_pad}, options);
-  p.keys = at::zeros({s.batch, s.heads, s.keys, p.width_pad}, options);
-  p.values = at::zeros({s.batch, s.heads, s.keys, p.width_pad}, options);
+  p.keys = at::zeros({s.batch, s.heads, p.count, p.width_pad}, options);
+  p.values = at::zeros({s.batch, s.heads, p.count, p.width_pad}, options);
   p.bias = at::full({s.batch, p.keys_pad}, -std::numeric_limits<T>::infinity(), options);
   T *kt = p.keys_t.template data_ptr<T>(), *vt = p.values_t.template data_ptr<T>();
   T *kp = p.keys.template data_ptr<T>(), *vp = p.values.template data_ptr<T>(), *bias = p.bias.template data_ptr<T>();
   for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t n = 0; n < s.keys; ++n)
-      if (mask[b * s.keys + n]) bias[b * p.keys_pad + n] = T(0);
-    for (int64_t h = 0; h < s.heads; ++h)
-      for (int64_t n = 0; n < s.keys; ++n)
+    int64_t j = 0;
+    for (int64_t n = 0; n < s.keys; ++n) {
+      if (!mask[b * s.keys + n]) continue;
+      p.index[b * p.count + j] = n;
+      bias[b * p.keys_pad + j] = T(0);
+      for (int64_t h = 0; h < s.heads; ++h)
         for (int64_t c = 0; c < s.width; ++c) {
           const int64_t in = (b * s.keys + n) * s.channels + h * s.width + c;
           const int64_t bh = b * s.heads + h;
-          kt[(bh * s.width + c) * p.keys_pad + n] = scale * k[in];
-          vt[(bh * s.width + c) * p.keys_pad + n] = v[in];
-          kp[(bh * s.keys + n) * p.width_pad + c] = k[in];
-          vp[(bh * s.keys + n) * p.width_pad + c] = v[in];
+          kt[(bh * s.width + c) * p.keys_pad + j] = scale * k[in];
+          vt[(bh * s.width + c) * p.keys_pad + j] = v[in];
+          kp[(bh * p.count + j) * p.width_pad + c] = k[in];
+          vp[(bh * p.count + j) * p.width_pad + c] = v[in];
         }
+      ++j;
+    }
   }
   return p;
 }
@@ -142,8 +156,8 @@ void attend_tile(const T* q_tile, int64_t rows, int64_t b, int64_t h, const Pack
                p.keys_t.template const_data_ptr<T>() + bh * s.width * p.keys_pad, p.keys_pad, weights, p.keys_pad,
                false);
   softmax_rows<T>(weights, rows, p.keys_pad, p.bias.template const_data_ptr<T>() + b * p.keys_pad);
-  tile_gemm<T>(rows, p.width_pad, s.keys, weights, p.keys_pad, 1,
-               p.values.template const_data_ptr<T>() + bh * s.keys * p.width_pad, p.width_pad, attention,
+  tile_gemm<T>(rows, p.width_pad, p.count, weights, p.keys_pad, 1,
+               p.values.template const_data_ptr<T>() + bh * p.count * p.width_pad, p.width_pad, attention,
                p.width_pad, false);
 }
 
@@ -179,7 +193,7 @@ void backward_kernel(const T* grad, const T* x, const T* q, const Packed<T>& p, 
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t S = Vec::size();
   const int64_t chunks = (s.positions + kChunk - 1) / kChunk;
-  const int64_t part = s.keys * p.width_pad;  // one head's k or v partial
+  const int64_t part = p.count * p.width_pad;  // one head's k or v partial
   // With whole-vector head slices q is read and dq written in place; otherwise through padded tiles.
   const bool in_place = s.width == p.width_pad;
   at::parallel_for(0, s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -221,17 +235,17 @@ void backward_kernel(const T* grad, const T* x, const T* q, const Packed<T>& p, 
             q_stride = p.width_pad;
           }
           T* dq_rows = in_place ? dq + base : dq_tile.data();
-          tile_gemm<T>(rows, p.width_pad, s.keys, dscores.data(), p.keys_pad, 1,
-                       p.keys.template const_data_ptr<T>() + bh * s.keys * p.width_pad, p.width_pad, dq_rows,
+          tile_gemm<T>(rows, p.width_pad, p.count, dscores.data(), p.keys_pad, 1,
+                       p.keys.template const_data_ptr<T>() + bh * p.count * p.width_pad, p.width_pad, dq_rows,
                        in_place ? s.channels : p.width_pad, false);
           if (!in_place)
             for (int64_t r = 0; r < rows; ++r)
               std::copy(dq_rows + r * p.width_pad, dq_rows + r * p.width_pad + s.width, dq + base + r * s.channels);
           T* dv = dv_jobs + (job * s.heads + h) * part;
           T* dk = dk_jobs + (job * s.heads + h) * part;
-          tile_gemm<T>(s.keys, p.width_pad, rows, weights.data(), 1, p.keys_pad, dattention.data(), p.width_pad, dv,
+          tile_gemm<T>(p.count, p.width_pad, rows, weights.data(), 1, p.keys_pad, dattention.data(), p.width_pad, dv,
                        p.width_pad, true);
-          tile_gemm<T>(s.keys, p.width_pad, rows, dscores.data(), 1, p.keys_pad, q_rows, q_stride, dk, p.width_pad,
+          tile_gemm<T>(p.count, p.width_pad, rows, dscores.data(), 1, p.keys_pad, q_rows, q_stride, dk, p.width_pad,
                        true);
         }
       }
@@ -239,19 +253,20 @@ void backward_kernel(const T* grad, const T* x, const T* q, const Packed<T>& p, 
   });
 }
 
-// (B, jobs, heads, N, width_pad) partials → (B, N, C), summed in job order.
+// (B, jobs, heads, count, width_pad) partials → (B, N, C), summed in job order; rows of masked tokens are 0.
 template <typename T>
-at::Tensor reduce_jobs(const T* partials, int64_t jobs, const Shape& s, int64_t width_pad,
+at::Tensor reduce_jobs(const T* partials, int64_t jobs, const Shape& s, const Packed<T>& p,
                        const at::TensorOptions& options) {
   at::Tensor out = at::zeros({s.batch, s.keys, s.channels}, options);
   T* o = out.data_ptr<T>();
-  at::parallel_for(0, s.batch * s.keys, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.batch * p.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / s.keys, n = row % s.keys;
+      const int64_t b = row / p.count, j = row % p.count, n = p.index[row];
+      if (n < 0) continue;  // padding of an item with fewer valid tokens
       for (int64_t job = 0; job < jobs; ++job)
         for (int64_t h = 0; h < s.heads; ++h)
-          axpy(T(1), partials + (((b * jobs + job) * s.heads + h) * s.keys + n) * width_pad,
-               o + row * s.channels + h * s.width, s.width);
+          axpy(T(1), partials + (((b * jobs + job) * s.heads + h) * p.count + j) * p.width_pad,
+               o + (b * s.keys + n) * s.channels + h * s.width, s.width);
     }
   });
   return out;
@@ -292,12 +307,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
     const Packed<T> p = pack<T>(kc.const_data_ptr<T>(), vc.const_data_ptr<T>(), mc.const_data_ptr<bool>(), s,
                                 scale, xc.options());
     const int64_t jobs = (s.positions + kChunk - 1) / kChunk;
-    at::Tensor dk_jobs = at::empty({s.batch, jobs, s.heads, s.keys, p.width_pad}, xc.options());
-    at::Tensor dv_jobs = at::empty({s.batch, jobs, s.heads, s.keys, p.width_pad}, xc.options());
+    at::Tensor dk_jobs = at::empty({s.batch, jobs, s.heads, p.count, p.width_pad}, xc.options());
+    at::Tensor dv_jobs = at::empty({s.batch, jobs, s.heads, p.count, p.width_pad}, xc.options());
     backward_kernel<T>(gc.const_data_ptr<T>(), xc.const_data_ptr<T>(), qc.const_data_ptr<T>(), p,
                        dx.data_ptr<T>(), dq.data_ptr<T>(), dk_jobs.data_ptr<T>(), dv_jobs.data_ptr<T>(), s, scale);
-    dk = reduce_jobs<T>(dk_jobs.const_data_ptr<T>(), jobs, s, p.width_pad, xc.options());
-    dv = reduce_jobs<T>(dv_jobs.const_data_ptr<T>(), jobs, s, p.width_pad, xc.options());
+    dk = reduce_jobs<T>(dk_jobs.const_data_ptr<T>(), jobs, s, p, xc.options());
+    dv = reduce_jobs<T>(dv_jobs.const_data_ptr<T>(), jobs, s, p, xc.options());
   });
   return {dx, dq, dk, dv};
 }
