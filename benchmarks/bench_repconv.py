@@ -18,7 +18,7 @@ Prints tables and appends rows to benchmarks/results/repconv.csv (and repconv_ke
 
 Large CPU tensors come from fresh pages unless glibc keeps freed memory (page faults then cost as much
 as the kernels at 120²); the allocator setting (``GLIBC_TUNABLES``, ``LD_PRELOAD``) is printed and
-stored with every row, e.g. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:
+stored with every row (common.versions), e.g. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000:
 glibc.malloc.trim_threshold=4000000000 python benchmarks/bench_repconv.py``.
 """
 
@@ -67,14 +67,6 @@ def fused_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor, backend: str
         training=True,
         backend=backend,
     )
-
-
-def allocator() -> str:
-    """The allocator settings of this process, as the environment gives them."""
-    settings = [
-        f"{name}={os.environ[name]}" for name in ("GLIBC_TUNABLES", "LD_PRELOAD") if os.environ.get(name)
-    ]
-    return " ".join(settings) or "default"
 
 
 def kernel_backends(device: torch.device) -> list[str]:

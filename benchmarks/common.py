@@ -31,12 +31,25 @@ def machine() -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
+def allocator() -> str:
+    """The host allocator settings of this process, as the environment gives them (they move CPU timings:
+    glibc returning freed pages to the OS makes the next large tensor fault them in again)."""
+    settings = [
+        f"{name}={os.environ[name]}" for name in ("GLIBC_TUNABLES", "LD_PRELOAD") if os.environ.get(name)
+    ]
+    return " ".join(settings) or "default"
+
+
 def versions() -> str:
+    """Software versions and the allocator setting: printed above every table, stored with every row."""
     import provg
 
     cuda = torch.version.cuda if torch.cuda.is_available() else "none"
     python = platform.python_version()
-    return f"torch {torch.__version__}, provg {provg.__version__}, cuda {cuda}, python {python}"
+    return (
+        f"torch {torch.__version__}, provg {provg.__version__}, cuda {cuda}, python {python}, "
+        f"allocator {allocator()}"
+    )
 
 
 def _time_once(function: Callable[[], object], device: torch.device) -> float:
