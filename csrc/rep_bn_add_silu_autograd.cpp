@@ -11,6 +11,7 @@
 // In training with running statistics, running = (1 − m)·running + m·batch, with the unbiased batch
 // variance, as torch.nn.BatchNorm2d updates them.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -51,6 +52,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(at::TensorList inp
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                            at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, bool, double)>();
+  // Straight to the device kernel: the kernels have no autograd formula of their own, and the Autograd
+  // key's not-implemented fallback would box every argument on the way.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   return op.call(inputs, weight, bias, mean, var, use_batch, eps);
 }
 
@@ -62,6 +66,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> backward_kernel(
                        .typed<std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>(
                            const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, const at::Tensor&, bool, double)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in forward_kernel
   return op.call(grad, inputs, weight, bias, mean, var, use_batch, eps);
 }
 
@@ -113,7 +118,21 @@ struct RepBnAddSiluFunction : public torch::autograd::Function<RepBnAddSiluFunct
       }
     }
     out.resize(out.size() + 4);  // mean, var, use_batch, eps: no gradient
-    return out;
+    return once_differentiable(std::move(out));
+  }
+
+  // The kernels have no derivative of their own. Under create_graph=True the gradients are returned
+  // behind a node that raises if they are differentiated again (what Python's @once_differentiable
+  // does), instead of silently carrying no graph.
+  static variable_list once_differentiable(variable_list gradients) {
+    if (!at::GradMode::is_enabled()) return gradients;
+    for (at::Tensor& g : gradients)
+      if (g.defined()) g = g.detach().requires_grad_(true);
+    auto error = std::make_shared<torch::autograd::DelayedError>(
+        "rep_bn_add_silu: the fused kernels are differentiable once; a second derivative (through "
+        "create_graph=True) needs backend='torch'",
+        static_cast<int64_t>(gradients.size()));
+    return (*error)(std::move(gradients));
   }
 };
 
