@@ -156,6 +156,30 @@ def test_survey_items_with_different_valid_token_counts(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_fused_gates_are_differentiable_once(backend, op):
+    """With create_graph=True the first derivatives are the reference's; differentiating them again
+    raises with the fix (the kernels have no second derivative) instead of silently dropping terms."""
+    args, grad_indices = make(op, (2, 9, 6, 4, 2), torch.float64, seed=9)
+    grads = {}
+    for name in ("reference", backend):
+        inputs = [
+            a.detach().clone().requires_grad_(i in grad_indices)
+            if torch.is_tensor(a) and a.is_floating_point()
+            else a
+            for i, a in enumerate(args)
+        ]
+        out = REFERENCE[op](*inputs) if name == "reference" else FUSED[op](*inputs, backend=backend)
+        grads[name] = torch.autograd.grad(
+            out.square().sum(), [inputs[i] for i in grad_indices], create_graph=True
+        )
+    for got, want in zip(grads[backend], grads["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match=rf"{op}_gate: the fused kernels are differentiable once"):
+        sum(g.square().sum() for g in grads[backend]).backward()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_empty_batch(backend):
     for op in ("survey", "locate", "verify"):
         args, grad_indices = make(op, (2, 5, 4, 3, 1), torch.float32)

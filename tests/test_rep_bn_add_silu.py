@@ -322,3 +322,23 @@ def test_cpp_entry_point_schema_declares_the_running_statistic_update():
         (xs, params, [None, None], *stats, True, [0.1, 0.2], 1e-5),
         test_utils=("test_schema", "test_autograd_registration"),
     )
+
+
+@pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
+def test_cpp_entry_point_is_differentiable_once():
+    """Under create_graph=True the first derivative is the torch backend's; differentiating it again
+    raises with the fix instead of silently dropping the second-order terms."""
+    xs, weight, bias, *_ = _case((2, 3, 4, 5), 2, torch.float64, seed=8)
+    weights = [w.clone().requires_grad_() for w in weight]
+    grads = {}
+    for backend in ("torch", "cpp"):
+        leaves = [x.clone().requires_grad_() for x in xs]
+        y = rep_bn_add_silu(leaves, weights=weights, biases=list(bias), training=True, backend=backend)
+        grads[backend] = torch.autograd.grad(y.square().sum(), leaves + weights, create_graph=True)
+    for ours, theirs in zip(grads["cpp"], grads["torch"]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    penalty = sum(g.square().sum() for g in grads["cpp"])
+    with pytest.raises(RuntimeError, match=r"differentiable once.*backend='torch'"):
+        penalty.backward()
+    sum(g.square().sum() for g in grads["torch"]).backward()  # the reference has a second derivative
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)

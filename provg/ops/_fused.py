@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._gate_api import differentiable_once
+
 __all__ = ["FusedGate"]
 
 _ARG = re.compile(r"\s*(Tensor|int|float)\s+(\w+)\s*")
@@ -78,7 +80,8 @@ class FusedGate:
         def autograd_backward(ctx, grad):
             saved = iter(ctx.saved_tensors)
             inputs = [next(saved) if other is None else other for other in ctx.others]
-            grads = dict(zip(self.differentiable, self.backward_op(grad, *inputs, ctx.backend)))
+            computed = differentiable_once(name, self.backward_op(grad, *inputs, ctx.backend))
+            grads = dict(zip(self.differentiable, computed))
             return (*(grads.get(n) for n in self.names), None)
 
         torch.library.register_autograd(qualified, autograd_backward, setup_context=setup_context)

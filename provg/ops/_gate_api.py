@@ -7,6 +7,7 @@ cuDNN on GPU and keeps its own choice.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +19,7 @@ __all__ = [
     "GATE_DTYPES",
     "check_keys",
     "choose_backend",
+    "differentiable_once",
     "kernels",
     "memory_layout",
     "promote",
@@ -66,6 +68,25 @@ def kernels(op: str, backend: str):
         module = importlib.import_module(f"provg.ops.triton.{op}")
         return module.forward, module.backward
     return getattr(torch.ops.provg, f"{op}_forward"), getattr(torch.ops.provg, f"{op}_backward")
+
+
+def differentiable_once(op: str, gradients: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
+    """The gradients a fused kernel's backward returned, made safe for ``create_graph=True``.
+
+    The kernels have no derivative of their own; without this, a second derivative through them would
+    silently miss their terms. Under grad mode (``create_graph=True``) the gradients come back behind a
+    node that raises, naming the fix, if anything differentiates them again (as
+    `torch.autograd.function.once_differentiable` does, but whichever gradients flow in).
+    """
+    if not torch.is_grad_enabled():
+        return tuple(gradients)
+    error = torch._C._functions.DelayedError(
+        f"{op}: the fused kernels are differentiable once; a second derivative (through "
+        "create_graph=True) needs backend='torch'".encode(),
+        len(gradients),
+    )
+    wrapped = error(*[None if g is None else g.detach().requires_grad_() for g in gradients])
+    return wrapped if isinstance(wrapped, tuple) else (wrapped,)
 
 
 def memory_layout(x: Tensor) -> torch.memory_format:

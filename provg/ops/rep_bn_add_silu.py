@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._gate_api import choose_backend, kernels, memory_layout
+from ._gate_api import choose_backend, differentiable_once, kernels, memory_layout
 
 __all__ = ["rep_bn_add_silu", "rep_bn_add_silu_reference"]
 
@@ -115,7 +115,8 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, grad, _grad_mean, _grad_var):
     dinputs, dweight, dbias = torch.ops.provg.rep_bn_add_silu_grad(*_grad_arguments(ctx, grad))
-    return list(dinputs), dweight, dbias, None, None, None, None, None
+    *dinputs, dweight, dbias = differentiable_once("rep_bn_add_silu", [*dinputs, dweight, dbias])
+    return dinputs, dweight, dbias, None, None, None, None, None
 
 
 torch.library.register_autograd("provg::rep_bn_add_silu", _autograd_backward, setup_context=_setup_context)
@@ -137,6 +138,7 @@ class _EagerFused(torch.autograd.Function):
     def backward(ctx, grad, _grad_mean, _grad_var):
         *arguments, backend = _grad_arguments(ctx, grad)
         dinputs, dweight, dbias = kernels("rep_bn_add_silu", backend)[1](*arguments)
+        *dinputs, dweight, dbias = differentiable_once("rep_bn_add_silu", [*dinputs, dweight, dbias])
         return dweight, dbias, None, None, None, None, None, *dinputs
 
 
