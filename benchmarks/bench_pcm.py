@@ -8,6 +8,7 @@ next to a measured copy bandwidth. Prints a table and appends rows to benchmarks
 
     python benchmarks/bench_pcm.py                 # CPU: B = 1 and 2, stages 1-2; GPU: B = 8, stages 1-4
     python benchmarks/bench_pcm.py --stages 1 --batch 1 --ops survey
+    python benchmarks/bench_pcm.py --ops survey --valid 4   # a short expression: 4 of 20 tokens valid
 """
 
 from __future__ import annotations
@@ -30,15 +31,18 @@ TOKENS, VALID = 20, 15
 TRAFFIC = {"survey": (3, 5), "locate": (2, 3), "verify": (2, 3)}
 
 
-def make_inputs(op: str, batch: int, positions: int, channels: int, device, dtype) -> tuple[list, list]:
-    """(arguments, which of them need gradients) for one gate call."""
+def make_inputs(
+    op: str, batch: int, positions: int, channels: int, device, dtype, valid: int = VALID
+) -> tuple[list, list]:
+    """(arguments, which of them need gradients) for one gate call; the first ``valid`` of the TOKENS
+    context tokens are valid, the rest padding."""
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
 
     mask = torch.zeros(batch, TOKENS, dtype=torch.bool, device=device)
-    mask[:, :VALID] = True
+    mask[:, :valid] = True
     x = rand(batch, positions, channels)
     if op == "survey":
         return [
@@ -130,8 +134,17 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument(
+        "--valid",
+        type=int,
+        default=VALID,
+        help=f"valid tokens of the {TOKENS} (default {VALID}; the rest are padding, which the fused CPU "
+        "survey kernel skips)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     args = parser.parse_args()
+    if not 0 <= args.valid <= TOKENS:
+        parser.error(f"--valid must be between 0 and {TOKENS}, got {args.valid}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     stages = args.stages or ([1, 2, 3, 4] if device.type == "cuda" else [1, 2])
@@ -162,7 +175,7 @@ def main() -> None:
         for stage in stages:
             positions, channels = STAGES[stage]
             for batch in batches:
-                inputs, grads = make_inputs(op, batch, positions, channels, device, dtype)
+                inputs, grads = make_inputs(op, batch, positions, channels, device, dtype, args.valid)
                 providers = {"eager": reference}
                 if compiled is not None:
                     providers["compile"] = compiled
@@ -174,7 +187,7 @@ def main() -> None:
                     bandwidth = TRAFFIC[op][0] * size / (fwd / 1000) / 1e9
                     rows.append(
                         [
-                            op,
+                            op if args.valid == VALID else f"{op} ({args.valid}/{TOKENS} valid)",
                             stage,
                             batch,
                             positions,
@@ -189,7 +202,8 @@ def main() -> None:
                             f"{timings['compile'][2] / both:.2f}x" if "compile" in timings else "",
                         ]
                     )
-    print_table(f"PCM gates, {args.dtype} (copy bandwidth {copy:.1f} GB/s)", header, rows)
+    title = f"PCM gates, {args.dtype}, {args.valid} of {TOKENS} tokens valid (copy bandwidth {copy:.1f} GB/s)"
+    print_table(title, header, rows)
     print(f"rows appended to {append_csv('pcm', [*header, 'dtype'], [[*r, args.dtype] for r in rows])}")
 
 
