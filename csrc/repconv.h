@@ -26,6 +26,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rep_bn_add_silu_forward_cpu(
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_backward_cpu(
     const at::Tensor& grad, at::TensorList inputs, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& mean, const at::Tensor& var, bool training, double eps);
+// conv3x3_bias_silu's optional residual, checked against the output y and laid out as ``layout``;
+// undefined when absent.
+inline at::Tensor checked_residual(const std::optional<at::Tensor>& residual, const at::Tensor& y,
+                                   at::MemoryFormat layout, const char* op) {
+  if (!residual.has_value() || !residual->defined()) return at::Tensor();
+  TORCH_CHECK(residual->sizes() == y.sizes() && residual->scalar_type() == y.scalar_type() &&
+                  residual->device() == y.device(),
+              op, ": residual must be ", y.sizes(), " ", y.scalar_type(), " on ", y.device(), ", got ",
+              residual->sizes(), " ", residual->scalar_type(), " on ", residual->device());
+  return residual->contiguous(layout);
+}
+
 at::Tensor conv3x3_bias_silu_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                          const std::optional<at::Tensor>& residual);
 at::Tensor conv3x3_winograd_weight_cpu(const at::Tensor& weight);

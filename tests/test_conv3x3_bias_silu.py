@@ -173,6 +173,20 @@ def test_bad_input_names_the_problem():
         conv3x3_bias_silu(x, torch.randn(3, 4, 3, 3), torch.randn(3), backend="torch", algorithm="winograd")
 
 
+@pytest.mark.skipif(not available_backends()["cpp"], reason="provg._C is not built")
+def test_cpu_kernels_check_the_residual_themselves():
+    """The C++ kernels (called directly, past the Python checks) refuse a residual of the wrong shape or
+    dtype with the expected one named, for the direct and the Winograd kernel alike."""
+    x, weight, bias = torch.randn(1, 4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(3)
+    u = torch.ops.provg.conv3x3_winograd_weight(weight)
+    direct = torch.ops.provg.conv3x3_bias_silu_forward
+    winograd = torch.ops.provg.conv3x3_bias_silu_winograd_forward
+    for bad in (torch.randn(1, 3, 5, 4), torch.randn(1, 3, 5, 5, dtype=torch.float64)):
+        for call in (lambda r: direct(x, weight, bias, r), lambda r: winograd(x, u, bias, r)):
+            with pytest.raises(RuntimeError, match=r"residual must be \[1, 3, 5, 5\] Float on cpu"):
+                call(bad)
+
+
 @pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -90,12 +90,7 @@ at::Tensor conv3x3_bias_silu_forward_cpu(const at::Tensor& x, const at::Tensor& 
                      ? fused->contiguous(layout)
                      : at::convolution(x, weight, std::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1)
                            .contiguous(layout);
-  at::Tensor r;
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes() == y.sizes() && residual->scalar_type() == y.scalar_type(), op,
-                ": residual must be ", y.sizes(), " ", y.scalar_type(), ", got ", residual->sizes());
-    r = residual->contiguous(layout);
-  }
+  const at::Tensor r = checked_residual(residual, y, layout, op);
   if (fused.has_value()) {
     if (r.defined()) y.add_(r);
     return y;

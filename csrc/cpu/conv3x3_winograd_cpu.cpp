@@ -178,12 +178,7 @@ at::Tensor conv3x3_bias_silu_winograd_forward_cpu(const at::Tensor& x, const at:
   const auto layout = x.suggest_memory_format();
   const auto last = at::MemoryFormat::ChannelsLast;
   at::Tensor y = at::empty({x.size(0), u.size(2), x.size(2), x.size(3)}, x.options().memory_format(last));
-  at::Tensor r;
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes() == y.sizes() && residual->scalar_type() == y.scalar_type(), op,
-                ": residual must be ", y.sizes(), " ", y.scalar_type(), ", got ", residual->sizes());
-    r = residual->contiguous(last);
-  }
+  const at::Tensor r = checked_residual(residual, y, last, op);
   if (y.numel() == 0) return y.contiguous(layout);
   const at::Tensor xl = x.contiguous(last), b = bias.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_bias_silu_winograd_forward",
