@@ -34,7 +34,7 @@ from torch import nn
 
 from provg.models.cfm import CFM
 from provg.models.repvgg import reparameterize
-from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu
+from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu_over
 from provg.ops._gate_api import kernels
 from provg.ops.conv3x3_bias_silu import CONV_ALGORITHMS
 
@@ -57,16 +57,8 @@ class EagerTail(nn.Module):
 
 
 def fused_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor, backend: str) -> torch.Tensor:
-    norms = (module.bn_a, module.bn_b)
-    return rep_bn_add_silu(
-        [a, b],
-        [n.running_mean for n in norms],
-        [n.running_var for n in norms],
-        [n.weight for n in norms],
-        [n.bias for n in norms],
-        training=True,
-        backend=backend,
-    )
+    """The same tail through the fused op, as `provg.models.repvgg.RepVGGBlock` calls it."""
+    return rep_bn_add_silu_over([a, b], (module.bn_a, module.bn_b), backend=backend)
 
 
 def kernel_backends(device: torch.device) -> list[str]:

@@ -10,8 +10,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from provg.ops import available_backends, rep_bn_add_silu
+from provg.ops import available_backends, rep_bn_add_silu, rep_bn_add_silu_over
 from provg.ops.rep_bn_add_silu import rep_bn_add_silu_reference
 
 AVAILABLE = available_backends()
@@ -342,3 +343,43 @@ def test_cpp_entry_point_is_differentiable_once():
         penalty.backward()
     sum(g.square().sum() for g in grads["torch"]).backward()  # the reference has a second derivative
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_over_modules_matches_them_in_training_and_eval(backend):
+    """`rep_bn_add_silu_over` against the modules themselves: the cumulative average (momentum=None), a
+    momentum of 0.3 and affine=False together; outputs, running statistics and num_batches_tracked after
+    three training steps, then eval mode; and norms without running statistics (batch statistics in
+    eval mode too)."""
+    torch.manual_seed(0)
+    for norms in (
+        [nn.BatchNorm2d(6, momentum=None), nn.BatchNorm2d(6, momentum=0.3), nn.BatchNorm2d(6, affine=False)],
+        [nn.BatchNorm2d(6, track_running_stats=False), nn.BatchNorm2d(6, track_running_stats=False)],
+    ):
+        for bn in norms:
+            if bn.affine:
+                with torch.no_grad():
+                    bn.weight.uniform_(0.5, 1.5)
+                    bn.bias.normal_()
+        reference = copy.deepcopy(norms)
+        g = torch.Generator().manual_seed(1)
+        for training in (True, True, True, False):
+            for module in norms + reference:
+                module.train(training)
+            xs = [torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64) + 0.5 for _ in norms]
+            y = rep_bn_add_silu_over(xs, [n.double() for n in norms], backend=backend)
+            expected = F.silu(sum(bn.double()(x) for bn, x in zip(reference, xs)))
+            torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+        for ours, theirs in zip(norms, reference):
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-12, atol=1e-12)
+
+
+def test_over_modules_refuses_norms_that_disagree():
+    xs = [torch.randn(2, 3, 4, 4) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"share eps, got \[1e-05, 0\.001\]"):
+        rep_bn_add_silu_over(xs, [nn.BatchNorm2d(3), nn.BatchNorm2d(3, eps=1e-3)])
+    with pytest.raises(ValueError, match="share running statistics"):
+        rep_bn_add_silu_over(xs, [nn.BatchNorm2d(3), nn.BatchNorm2d(3, track_running_stats=False)])
+    with pytest.raises(ValueError, match="one batch norm per input, got 2 inputs, 1 norms"):
+        rep_bn_add_silu_over(xs, [nn.BatchNorm2d(3)])

@@ -6,7 +6,7 @@ centre and the identity branch is a centred one-hot 3×3 kernel (DESIGN §2). Th
 running statistics, so it is exact in eval mode only; `reparameterize` refuses a model in train mode.
 It also folds the batch norm of every `provg.models.layers.ConvBNAct` into its convolution.
 
-The train form runs its tail through `provg.ops.rep_bn_add_silu` (batch norms, add and SiLU fused,
+The train form runs its tail through `provg.ops.rep_bn_add_silu_over` (batch norms, add and SiLU fused,
 running statistics updated as `torch.nn.BatchNorm2d` does) and the deploy form through
 `provg.ops.conv3x3_bias_silu`; with ``PROVG_BACKEND=torch`` both are the plain PyTorch modules' math.
 An optional ``residual`` is added after the activation (the CSP block's add, fused in the deploy form).
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from provg.ops import conv3x3_bias_silu, rep_bn_add_silu
+from provg.ops import conv3x3_bias_silu, rep_bn_add_silu_over
 
 from .layers import ConvBNAct, fuse_conv_bn
 
@@ -53,16 +53,7 @@ class RepVGGBlock(nn.Module):
             return conv3x3_bias_silu(x, self.fused.weight, self.fused.bias, residual)
         norms = [self.bn3, self.bn1] + ([self.bn_identity] if self.bn_identity is not None else [])
         branches = [self.conv3(x), self.conv1(x)] + ([x] if self.bn_identity is not None else [])
-        y = rep_bn_add_silu(
-            branches,
-            [bn.running_mean for bn in norms],
-            [bn.running_var for bn in norms],
-            [bn.weight for bn in norms],
-            [bn.bias for bn in norms],
-            training=self.training,
-            momentum=[_average_factor(bn) for bn in norms],
-            eps=self.bn3.eps,
-        )
+        y = rep_bn_add_silu_over(branches, norms)
         return y if residual is None else y + residual
 
     @torch.no_grad()
@@ -91,15 +82,6 @@ class RepVGGBlock(nn.Module):
         self.fused = fused
         del self.conv3, self.bn3, self.conv1, self.bn1, self.bn_identity
         self.bn_identity = None
-
-
-def _average_factor(bn: nn.BatchNorm2d) -> float:
-    """The running-statistic factor `torch.nn.BatchNorm2d.forward` would use (counting the batch)."""
-    if bn.training:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            return 1.0 / float(bn.num_batches_tracked)
-    return 0.0 if bn.momentum is None else bn.momentum
 
 
 def reparameterize(model: nn.Module) -> nn.Module:

@@ -10,7 +10,7 @@ from .conv3x3_bias_silu import conv3x3_bias_silu
 from .locate_gate import locate_gate
 from .mask_to_box import mask_to_box, mask_to_box_reference, soft_mask_to_box
 from .masked_softmax import masked_softmax
-from .rep_bn_add_silu import rep_bn_add_silu
+from .rep_bn_add_silu import rep_bn_add_silu, rep_bn_add_silu_over
 from .survey_gate import survey_gate
 from .verify_gate import verify_gate
 
@@ -23,6 +23,7 @@ __all__ = [
     "mask_to_box_reference",
     "masked_softmax",
     "rep_bn_add_silu",
+    "rep_bn_add_silu_over",
     "soft_mask_to_box",
     "survey_gate",
     "verify_gate",

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._gate_api import choose_backend, differentiable_once, kernels, memory_layout
 
-__all__ = ["rep_bn_add_silu", "rep_bn_add_silu_reference"]
+__all__ = ["rep_bn_add_silu", "rep_bn_add_silu_over", "rep_bn_add_silu_reference"]
 
 
 def _per_channel(t: Tensor) -> Tensor:
@@ -296,3 +296,47 @@ def _update_running(
     for i, m in enumerate(momenta):
         running_means[i].mul_(1 - m).add_(batch_mean[i].to(running_means[i].dtype), alpha=m)
         running_vars[i].mul_(1 - m).add_(unbiased[i].to(running_vars[i].dtype), alpha=m)
+
+
+def _momentum(norm: nn.modules.batchnorm._BatchNorm) -> float:
+    """The running-statistic factor ``norm``'s own forward would use, counting the batch as it does
+    (``momentum=None``: the cumulative average 1/num_batches_tracked)."""
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:
+            return 1.0 / float(norm.num_batches_tracked)
+    return 0.0 if norm.momentum is None else norm.momentum
+
+
+def rep_bn_add_silu_over(
+    inputs: Sequence[Tensor], norms: Sequence[nn.modules.batchnorm._BatchNorm], backend: str | None = None
+) -> Tensor:
+    """`rep_bn_add_silu` with the parameters and statistics of batch-norm modules, one per branch: what
+    ``F.silu(sum(norm(x) for norm, x in zip(norms, inputs)))`` computes, in the first module's training
+    mode, with each module's momentum and ``num_batches_tracked`` counted as its forward counts them."""
+    norms = list(norms)
+    if len(norms) != len(inputs) or not norms:
+        raise ValueError(
+            f"rep_bn_add_silu_over: one batch norm per input, got {len(inputs)} inputs, {len(norms)} norms"
+        )
+    tracking = [n.running_mean is not None and n.running_var is not None for n in norms]
+    shared = {
+        "eps": [n.eps for n in norms],
+        "training": [n.training for n in norms],
+        "running statistics": tracking,
+    }
+    for name, values in shared.items():
+        if len(set(values)) > 1:
+            raise ValueError(f"rep_bn_add_silu_over: the batch norms must share {name}, got {values}")
+    tracked = tracking[0]
+    return rep_bn_add_silu(
+        inputs,
+        [n.running_mean for n in norms] if tracked else None,
+        [n.running_var for n in norms] if tracked else None,
+        [n.weight for n in norms],
+        [n.bias for n in norms],
+        training=norms[0].training,
+        momentum=[_momentum(n) for n in norms],
+        eps=norms[0].eps,
+        backend=backend,
+    )
