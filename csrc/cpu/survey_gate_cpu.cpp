@@ -48,10 +48,10 @@ constexpr int64_t kChunk = 128;  // positions per job: the unit of work and of t
 
 // Per (batch item, head) operands over the valid tokens only (a masked token has weight 0 and gets no
 // gradient, so it is left out of every product): keys_t = scale·Kᵀ and values_t = Vᵀ (width × keys_pad)
-// for the score products, keys and values (keys × width_pad) for the mixing products, and bias
-// (B × keys_pad): 0 for a valid token, −∞ for the padding. ``keys`` is the most valid tokens of any batch
-// item; token j of item b is input token index[b·keys + j] (items with fewer valid tokens are padded with
-// zero rows, whose weights are zero).
+// for the score products, keys and values (count × width_pad) for the mixing products, and bias
+// (B × keys_pad): 0 for a valid token, −∞ for the padding. ``count`` is the most valid tokens of any
+// batch item; token j of item b is input token index[b·count + j] (items with fewer valid tokens are
+// padded with zero rows, whose weights are zero, and index −1).
 template <typename T>
 struct Packed {
   at::Tensor keys_t, values_t, keys, values, bias;

@@ -312,7 +312,7 @@ def rep_bn_add_silu_over(
     inputs: Sequence[Tensor], norms: Sequence[nn.modules.batchnorm._BatchNorm], backend: str | None = None
 ) -> Tensor:
     """`rep_bn_add_silu` with the parameters and statistics of batch-norm modules, one per branch: what
-    ``F.silu(sum(norm(x) for norm, x in zip(norms, inputs)))`` computes, in the first module's training
+    ``F.silu(sum(norm(x) for norm, x in zip(norms, inputs)))`` computes, in the modules' (shared) training
     mode, with each module's momentum and ``num_batches_tracked`` counted as its forward counts them."""
     norms = list(norms)
     if len(norms) != len(inputs) or not norms:
