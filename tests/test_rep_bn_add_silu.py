@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import os
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from provg.ops import available_backends, rep_bn_add_silu, rep_bn_add_silu_over
+from provg.ops import _backend, available_backends, rep_bn_add_silu, rep_bn_add_silu_over
 from provg.ops.rep_bn_add_silu import rep_bn_add_silu_reference
 
 AVAILABLE = available_backends()
@@ -383,3 +384,30 @@ def test_over_modules_refuses_norms_that_disagree():
         rep_bn_add_silu_over(xs, [nn.BatchNorm2d(3), nn.BatchNorm2d(3, track_running_stats=False)])
     with pytest.raises(ValueError, match="one batch norm per input, got 2 inputs, 1 norms"):
         rep_bn_add_silu_over(xs, [nn.BatchNorm2d(3)])
+
+
+def test_over_sync_batch_norm_in_training_runs_the_modules(caplog):
+    """SyncBatchNorm's statistics span the process group, which the kernels cannot see: in training the
+    helper runs the modules themselves (their forward is called, the fallback logged once); in eval mode
+    the fused op applies (running statistics are the same on every process)."""
+    torch.manual_seed(0)
+    norms = [nn.SyncBatchNorm(4), nn.SyncBatchNorm(4)]
+    reference = copy.deepcopy(norms)
+    calls = []
+    for norm in norms:
+        norm.register_forward_hook(lambda *_: calls.append(1))
+    xs = [torch.randn(2, 4, 3, 5) for _ in norms]
+    _backend._log_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="provg.ops"):
+        for _ in range(2):
+            y = rep_bn_add_silu_over(xs, norms)
+            torch.testing.assert_close(y, F.silu(sum(n(x) for n, x in zip(reference, xs))))
+    assert len(calls) == 4
+    assert sum("SyncBatchNorm in training mode" in r.getMessage() for r in caplog.records) == 1
+    for ours, theirs in zip(norms, reference):
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    for module in norms + reference:
+        module.eval()
+    y = rep_bn_add_silu_over(xs, norms)
+    torch.testing.assert_close(y, F.silu(sum(n(x) for n, x in zip(reference, xs))), rtol=1e-5, atol=1e-6)
+    assert len(calls) == 4  # eval mode took the fused op

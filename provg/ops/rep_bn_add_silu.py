@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._backend import _log_once
 from ._gate_api import choose_backend, differentiable_once, kernels, memory_layout
 
 __all__ = ["rep_bn_add_silu", "rep_bn_add_silu_over", "rep_bn_add_silu_reference"]
@@ -313,12 +314,21 @@ def rep_bn_add_silu_over(
 ) -> Tensor:
     """`rep_bn_add_silu` with the parameters and statistics of batch-norm modules, one per branch: what
     ``F.silu(sum(norm(x) for norm, x in zip(norms, inputs)))`` computes, in the modules' (shared) training
-    mode, with each module's momentum and ``num_batches_tracked`` counted as its forward counts them."""
+    mode, with each module's momentum and ``num_batches_tracked`` counted as its forward counts them.
+    `torch.nn.SyncBatchNorm` in training mode runs as the modules themselves (logged once): its
+    statistics are the whole process group's."""
     norms = list(norms)
     if len(norms) != len(inputs) or not norms:
         raise ValueError(
             f"rep_bn_add_silu_over: one batch norm per input, got {len(inputs)} inputs, {len(norms)} norms"
         )
+    if any(isinstance(n, nn.SyncBatchNorm) for n in norms) and any(n.training for n in norms):
+        # Its batch statistics span the process group; the kernels would see this process's batch only.
+        _log_once(
+            "rep_bn_add_silu_over: SyncBatchNorm in training mode runs as its own modules (its statistics "
+            "span the process group, the fused kernels see one process's batch)"
+        )
+        return F.silu(sum(norm(x) for norm, x in zip(norms, inputs, strict=True)))
     tracking = [n.running_mean is not None and n.running_var is not None for n in norms]
     shared = {
         "eps": [n.eps for n in norms],
