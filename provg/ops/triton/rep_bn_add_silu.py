@@ -155,6 +155,39 @@ def _elementwise_tile(
 
 
 @triton.jit
+def _elementwise_pre_activation(
+    x0_ptr,
+    x1_ptr,
+    x2_ptr,
+    mean_ptr,
+    scale_ptr,
+    bias_ptr,
+    q_blocks,
+    Q,
+    C,
+    stride_r,
+    stride_c,
+    stride_q,
+    K: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+):
+    """This elementwise program's tile (offsets, mask, channel indices and validity) and its
+    pre-activation s with the centred branches: how the forward and the input-gradient kernels open."""
+    offs, mask, c2, c_ok = _elementwise_tile(
+        q_blocks, Q, C, stride_r, stride_c, stride_q, BLOCK_C, BLOCK_Q, CHANNELS_LAST
+    )
+    scale0, scale1, scale2 = _branch_channels(scale_ptr, c2, c_ok, C, K)
+    bias = tl.load(bias_ptr + c2, mask=c_ok, other=0.0)
+    s, xc0, xc1, xc2 = _pre_activation(
+        x0_ptr, x1_ptr, x2_ptr, mean_ptr, scale0, scale1, scale2, bias, offs, mask, c2, c_ok, C, K, ACC
+    )
+    return offs, mask, c2, c_ok, s, xc0, xc1, xc2
+
+
+@triton.jit
 def _stats_kernel(
     x0_ptr,  # (R, C, Q) branch 0
     x1_ptr,  # (R, C, Q) branch 1 when K > 1
@@ -221,13 +254,24 @@ def _forward_kernel(
     BLOCK_Q: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
 ):
-    offs, mask, c2, c_ok = _elementwise_tile(
-        q_blocks, Q, C, stride_r, stride_c, stride_q, BLOCK_C, BLOCK_Q, CHANNELS_LAST
-    )
-    scale0, scale1, scale2 = _branch_channels(scale_ptr, c2, c_ok, C, K)
-    bias = tl.load(bias_ptr + c2, mask=c_ok, other=0.0)
-    s, _, _, _ = _pre_activation(
-        x0_ptr, x1_ptr, x2_ptr, mean_ptr, scale0, scale1, scale2, bias, offs, mask, c2, c_ok, C, K, ACC
+    offs, mask, _, _, s, _, _, _ = _elementwise_pre_activation(
+        x0_ptr,
+        x1_ptr,
+        x2_ptr,
+        mean_ptr,
+        scale_ptr,
+        bias_ptr,
+        q_blocks,
+        Q,
+        C,
+        stride_r,
+        stride_c,
+        stride_q,
+        K,
+        ACC,
+        BLOCK_C,
+        BLOCK_Q,
+        CHANNELS_LAST,
     )
     tl.store(y_ptr + offs, (s * tl.sigmoid(s)).to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -350,13 +394,24 @@ def _backward_kernel(
     BLOCK_Q: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
 ):
-    offs, mask, c2, c_ok = _elementwise_tile(
-        q_blocks, Q, C, stride_r, stride_c, stride_q, BLOCK_C, BLOCK_Q, CHANNELS_LAST
-    )
-    scale0, scale1, scale2 = _branch_channels(scale_ptr, c2, c_ok, C, K)
-    bias = tl.load(bias_ptr + c2, mask=c_ok, other=0.0)
-    s, xc0, xc1, xc2 = _pre_activation(
-        x0_ptr, x1_ptr, x2_ptr, mean_ptr, scale0, scale1, scale2, bias, offs, mask, c2, c_ok, C, K, ACC
+    offs, mask, c2, c_ok, s, xc0, xc1, xc2 = _elementwise_pre_activation(
+        x0_ptr,
+        x1_ptr,
+        x2_ptr,
+        mean_ptr,
+        scale_ptr,
+        bias_ptr,
+        q_blocks,
+        Q,
+        C,
+        stride_r,
+        stride_c,
+        stride_q,
+        K,
+        ACC,
+        BLOCK_C,
+        BLOCK_Q,
+        CHANNELS_LAST,
     )
     ds = _silu_grad(tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC), s)
     _store_dx(dx0_ptr, 0, ds, xc0, scale_ptr, offset_ptr, slope_ptr, offs, mask, c2, c_ok, C, TRAINING)
