@@ -188,3 +188,32 @@ def test_reparameterized_model_exports(tmp_path):
     model.train()
     with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
         export_ground(model, images, language)
+
+
+def test_export_with_dynamic_batch_and_token_lengths():
+    """One program exported at batch 2 runs batches of 1 and 3 whose expressions tokenize to other lengths,
+    equal to the eager deploy model; the static export refuses them."""
+    from provg.models.export import export_ground, language_tensors
+
+    model = provg.create_model("provg_tiny", image_size=64, parser="naive").eval()
+    provg.reparameterize(model)
+    g = torch.Generator().manual_seed(6)
+    texts = [
+        "the small red ship on the upper left",
+        "a storage tank",
+        "the gray car near the large white building",
+    ]
+    program = export_ground(
+        model, torch.randn(2, 3, 64, 64, generator=g), model.encode_text(texts[:2]), dynamic=True
+    )
+    for count in (1, 3):
+        images = torch.randn(count, 3, 64, 64, generator=g)
+        language = model.encode_text(texts[-count:])
+        with torch.no_grad():
+            expected = model.ground(images, language)
+            boxes, mask_logits = program.module()(images, *language_tensors(language))
+        torch.testing.assert_close(boxes, expected.boxes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mask_logits, expected.mask_logits, rtol=1e-5, atol=1e-5)
+    static = export_ground(model, torch.randn(2, 3, 64, 64, generator=g), model.encode_text(texts[:2]))
+    with pytest.raises(AssertionError, match=r"images\.size\(\)\[0\] == 2"):
+        static.module()(images, *language_tensors(language))

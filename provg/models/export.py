@@ -8,6 +8,8 @@ mask_logits)``; it calls ``torch.ops.provg.*`` operators, so the process that ru
 
     program = export_ground(model, images, language)
     boxes, mask_logits = program.module()(images, *language_tensors(language))
+
+``dynamic=True`` makes the batch size and the token lengths symbolic (one program for any batch).
 """
 
 from __future__ import annotations
@@ -42,11 +44,27 @@ class _Ground(nn.Module):
         return out.boxes, out.mask_logits
 
 
-def export_ground(model: ProVG, images: Tensor, language: LanguageFeatures) -> torch.export.ExportedProgram:
-    """Export ``model.ground`` traced at the example ``images`` and ``language`` (shapes fixed at theirs)."""
+def export_ground(
+    model: ProVG, images: Tensor, language: LanguageFeatures, dynamic: bool = False
+) -> torch.export.ExportedProgram:
+    """Export ``model.ground`` traced at the example ``images`` and ``language``.
+
+    With ``dynamic=False`` the program accepts only the examples' shapes. With ``dynamic=True`` the batch
+    size (1 to 1024) and each of the three token lengths (context, spatial, attribute cues; 1 to 512) are
+    symbolic, so one program serves any batch of expressions; the image size stays the example's.
+    """
     if model.training:
         raise RuntimeError(
             "export_ground exports inference; call model.eval() (and provg.reparameterize) first"
         )
+    tensors = language_tensors(language)
+    shapes = None
+    if dynamic:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        per_tensor = []
+        for i in range(0, len(tensors), 2):  # (features, mask) pairs share their token axis
+            tokens = torch.export.Dim(f"tokens_{i // 2}", min=1, max=512)
+            per_tensor += [{0: batch, 1: tokens}, {0: batch, 1: tokens}]
+        shapes = ({0: batch}, tuple(per_tensor))
     with torch.no_grad():
-        return torch.export.export(_Ground(model), (images, *language_tensors(language)))
+        return torch.export.export(_Ground(model), (images, *tensors), dynamic_shapes=shapes)
