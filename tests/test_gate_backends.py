@@ -65,7 +65,8 @@ REFERENCE = {
 }
 
 
-def run(op, args, grad_indices, backend, upstream=None):
+def call(op, args, grad_indices, backend):
+    """(the differentiable leaves, the output) of one call on fresh copies of ``args``."""
     inputs = [
         a.detach().clone().requires_grad_(i in grad_indices)
         if torch.is_tensor(a) and a.is_floating_point()
@@ -73,10 +74,15 @@ def run(op, args, grad_indices, backend, upstream=None):
         for i, a in enumerate(args)
     ]
     out = REFERENCE[op](*inputs) if backend == "reference" else FUSED[op](*inputs, backend=backend)
+    return [inputs[i] for i in grad_indices], out
+
+
+def run(op, args, grad_indices, backend, upstream=None):
+    leaves, out = call(op, args, grad_indices, backend)
     if upstream is None:
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         upstream = upstream.to(device=out.device, dtype=out.dtype)
-    grads = torch.autograd.grad(out, [inputs[i] for i in grad_indices], upstream)
+    grads = torch.autograd.grad(out, leaves, upstream)
     return out, grads, upstream
 
 
@@ -163,16 +169,8 @@ def test_fused_gates_are_differentiable_once(backend, op):
     args, grad_indices = make(op, (2, 9, 6, 4, 2), torch.float64, seed=9)
     grads = {}
     for name in ("reference", backend):
-        inputs = [
-            a.detach().clone().requires_grad_(i in grad_indices)
-            if torch.is_tensor(a) and a.is_floating_point()
-            else a
-            for i, a in enumerate(args)
-        ]
-        out = REFERENCE[op](*inputs) if name == "reference" else FUSED[op](*inputs, backend=backend)
-        grads[name] = torch.autograd.grad(
-            out.square().sum(), [inputs[i] for i in grad_indices], create_graph=True
-        )
+        leaves, out = call(op, args, grad_indices, name)
+        grads[name] = torch.autograd.grad(out.square().sum(), leaves, create_graph=True)
     for got, want in zip(grads[backend], grads["reference"]):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     with pytest.raises(RuntimeError, match=rf"{op}_gate: the fused kernels are differentiable once"):
