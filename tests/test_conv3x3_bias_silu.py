@@ -208,3 +208,17 @@ def test_gpu_backend_matches_conv2d(backend, channels_last, residual, dtype, mon
         tolerance = 1e-5 if dtype == torch.float32 else 3e-2
         scale = expected.abs().max().clamp_min(1.0)
         assert ((y.double() - expected).abs().max() / scale).item() <= tolerance
+
+
+@pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_float32_follows_cudnn_allow_tf32(backend, monkeypatch):
+    """With torch.backends.cudnn.allow_tf32 on (PyTorch's default, as F.conv2d uses it) float32 products
+    may run on the tf32 tensor cores: the result stays within tf32's rounding of the float64 one."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    x, weight, bias, r = (t.cuda() for t in _case((8, 256, 30, 30), 256, torch.float32, 11, True))
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = conv3x3_bias_silu(x, weight, bias, r, backend=backend)
+    expected = _expected(x, weight, bias, r)
+    error = ((y.double() - expected).abs().max() / expected.abs().max()).item()
+    assert error <= 5e-3

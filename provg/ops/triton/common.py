@@ -12,12 +12,21 @@ __all__ = ["acc_dtype", "masked_softmax_rows", "matmul", "next_power_of_2", "use
 
 
 @triton.jit
-def matmul(a, b, USE_DOT: tl.constexpr):
-    """(M, K) @ (K, N) in the accumulation dtype of ``a``."""
+def matmul(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """(M, K) @ (K, N) in the accumulation dtype of ``a``; ``PRECISION`` is tl.dot's float32 input
+    precision ("ieee": full float32, "tf32": the tensor cores' 10-bit mantissa).
+
+    NOTE: callers pass PRECISION explicitly; Triton 3.6 hands a jit function's default value through as
+    a plain str, not a constexpr, and the compile fails.
+    """
+    # NOTE: one return statement: Triton (3.6 and 3.8 alike) type-checks an early return inside a
+    # constexpr branch against the one after it (a bf16 multiply-and-sum against tl.dot's float32) and
+    # refuses to compile; the interpreter never notices.
     if USE_DOT:
-        # NOTE: "ieee" keeps full float32 precision (tf32 would cost ~3 significant digits).
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+        product = tl.dot(a, b, input_precision=PRECISION)
+    else:
+        product = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    return product
 
 
 @triton.jit

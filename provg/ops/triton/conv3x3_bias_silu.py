@@ -8,7 +8,8 @@ BLOCK_M × BLOCK_N output tile and walks K in a single loop over (tap, BLOCK_K c
 is the input rows shifted by the tap, (kh − 1)·W + (kw − 1) positions, with the rows whose shifted
 pixel falls outside its image masked to zero (the padding), the B tile a slice of the packed weight.
 The epilogue adds the bias, applies SiLU s·σ(s) and adds the residual in the accumulator's precision,
-then casts and stores the tile once.
+then casts and stores the tile once. Float32 products use tf32 when
+``torch.backends.cudnn.allow_tf32`` is set, as ``F.conv2d`` does.
 
 The output is computed channels-last. A channels-last ``x`` is read in place and the result returned
 as is; any other ``x`` is copied to channels-last first and the result copied back to NCHW (two
@@ -50,6 +51,7 @@ def _conv3x3_bias_silu_kernel(
     HAS_RESIDUAL: tl.constexpr,
     ACC: tl.constexpr,
     USE_DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -88,7 +90,7 @@ def _conv3x3_bias_silu_kernel(
         if not USE_DOT:
             a = a.to(ACC)
             b = b.to(ACC)
-        acc += matmul(a, b, USE_DOT)
+        acc += matmul(a, b, USE_DOT, PRECISION)
 
     tile = m_ok[:, None] & n_ok[None, :]
     s = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
@@ -114,6 +116,9 @@ def _config(dtype: torch.dtype, c_in: int, c_out: int) -> dict:
     return dict(
         ACC=acc_dtype(dtype),
         USE_DOT=use_dot(dtype, block_m, block_n, block_k),
+        # NOTE: float32 follows torch.backends.cudnn.allow_tf32, as F.conv2d and the cuda backend's cuDNN
+        # convolution do (on by default: tf32 tensor cores; off: full float32 on the FMA units).
+        PRECISION="tf32" if torch.backends.cudnn.allow_tf32 else "ieee",
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,

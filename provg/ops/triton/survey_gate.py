@@ -50,7 +50,7 @@ def _attention(
         d_ok = offs_d < D
         q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=p_ok[:, None] & d_ok[None, :], other=0.0)
         k = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        scores += matmul(q.to(ACC), tl.trans(k.to(ACC)), USE_DOT)
+        scores += matmul(q.to(ACC), tl.trans(k.to(ACC)), USE_DOT, "ieee")
     return masked_softmax_rows(scores * scale, valid)
 
 
@@ -91,7 +91,7 @@ def _forward_kernel(
         v = tl.load(
             v_ptr + v_rows[:, None] + offs_d[None, :], mask=(offs_n < N)[:, None] & d_ok[None, :], other=0.0
         )
-        attention = matmul(weights, v.to(ACC), USE_DOT)
+        attention = matmul(weights, v.to(ACC), USE_DOT, "ieee")
         tile = p_ok[:, None] & d_ok[None, :]
         x = tl.load(x_ptr + rows[:, None] + offs_d[None, :], mask=tile, other=0.0).to(ACC)
         y = x * tl.sigmoid(attention)
@@ -145,13 +145,13 @@ def _backward_kernel(
         v = tl.load(
             v_ptr + kv_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
         ).to(ACC)
-        gate = tl.sigmoid(matmul(weights, v, USE_DOT))
+        gate = tl.sigmoid(matmul(weights, v, USE_DOT, "ieee"))
         g = tl.load(grad_ptr + rows[:, None] + offs_d[None, :], mask=tile, other=0.0).to(ACC)
         x = tl.load(x_ptr + rows[:, None] + offs_d[None, :], mask=tile, other=0.0).to(ACC)
         tl.store(dx_ptr + rows[:, None] + offs_d[None, :], (g * gate).to(dx_ptr.dtype.element_ty), mask=tile)
         dattention = g * x * gate * (1.0 - gate)
-        dweights += matmul(dattention, tl.trans(v), USE_DOT)
-        dv = matmul(tl.trans(weights), dattention, USE_DOT)
+        dweights += matmul(dattention, tl.trans(v), USE_DOT, "ieee")
+        dv = matmul(tl.trans(weights), dattention, USE_DOT, "ieee")
         tl.store(dv_part_ptr + part_rows[:, None] + offs_d[None, :], dv, mask=n_ok[:, None] & d_ok[None, :])
     dscores = weights * (dweights - tl.sum(weights * dweights, axis=1)[:, None]) * scale
     for d0 in range(0, D, BLOCK_D):
@@ -163,11 +163,11 @@ def _backward_kernel(
         ).to(ACC)
         tl.store(
             dq_ptr + rows[:, None] + offs_d[None, :],
-            matmul(dscores, k, USE_DOT).to(dq_ptr.dtype.element_ty),
+            matmul(dscores, k, USE_DOT, "ieee").to(dq_ptr.dtype.element_ty),
             mask=tile,
         )
         q = tl.load(q_ptr + rows[:, None] + offs_d[None, :], mask=tile, other=0.0).to(ACC)
-        dk = matmul(tl.trans(dscores), q, USE_DOT)
+        dk = matmul(tl.trans(dscores), q, USE_DOT, "ieee")
         tl.store(dk_part_ptr + part_rows[:, None] + offs_d[None, :], dk, mask=n_ok[:, None] & d_ok[None, :])
 
 
