@@ -53,6 +53,8 @@ def promote(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Floating inputs in their common dtype (as PyTorch's own ops promote, e.g. under autocast)."""
     floating = [t for t in tensors if t.is_floating_point()]
     dtype = floating[0].dtype
+    if all(t.dtype == dtype for t in floating):
+        return tensors  # the common case, and no `.to` calls (host time counts at small stages)
     for t in floating[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
