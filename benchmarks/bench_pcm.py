@@ -4,11 +4,13 @@ PyTorch reference and `torch.compile` of the reference, at the stage shapes of D
 Forward, backward and forward+backward medians (ms); GB/s counts the fewest bytes a gate must move
 (each large input read once, each large output written once: survey forward x, q → y; backward
 grad, x, q → dx, dq; locate and verify read x and write y; their backward reads grad, x and writes dx),
-next to a measured copy bandwidth. Prints a table and appends rows to benchmarks/results/pcm.csv.
+next to a measured copy bandwidth. Prints a table and appends rows to benchmarks/results/pcm.csv
+(pcm_graph.csv for CUDA-graph replays).
 
     python benchmarks/bench_pcm.py                 # CPU: B = 1 and 2, stages 1-2; GPU: B = 8, stages 1-4
     python benchmarks/bench_pcm.py --stages 1 --batch 1 --ops survey
     python benchmarks/bench_pcm.py --ops survey --valid 4   # a short expression: 4 of 20 tokens valid
+    python benchmarks/bench_pcm.py --graph         # GPU: replays of CUDA graphs, the device time alone
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from provg.ops.locate_gate import locate_gate_reference
 from provg.ops.survey_gate import survey_gate_reference
 from provg.ops.verify_gate import verify_gate_reference
 
-from common import append_csv, interleaved_ms, median_ms, print_table
+from common import append_csv, graphed, interleaved_ms, median_ms, print_table
 
 STAGES = {1: (120 * 120, 128), 2: (60 * 60, 256), 3: (30 * 30, 512), 4: (15 * 15, 1024)}
 TOKENS, VALID = 20, 15
@@ -114,14 +116,41 @@ def mode_calls(call, args: list, grad_indices: list) -> dict[str, object]:
     return {"fwd": forward, "bwd": backward, "both": both}
 
 
-def time_providers(providers: dict, args: list, grad_indices: list, device, repeat: int) -> dict:
-    """{provider: (forward, backward, forward+backward) medians in ms}, each mode timed interleaved."""
+def graphed_calls(calls: dict) -> dict:
+    """Each provider's mode callables replayed from CUDA graphs; a mode that cannot be captured is left
+    out (and why printed), a provider with none is dropped."""
+    flat = graphed({(name, mode): call for name, modes in calls.items() for mode, call in modes.items()})
+    graphs = {
+        name: {mode: flat[name, mode] for mode in modes if (name, mode) in flat}
+        for name, modes in calls.items()
+    }
+    return {name: modes for name, modes in graphs.items() if modes}
+
+
+def time_providers(
+    providers: dict, args: list, grad_indices: list, device, repeat: int, graph: bool = False
+) -> dict:
+    """{provider: (forward, backward, forward+backward) medians in ms}, each mode timed interleaved
+    (replays of CUDA graphs with ``graph``)."""
     calls = {name: mode_calls(call, args, grad_indices) for name, call in providers.items()}
+    if graph:
+        calls = graphed_calls(calls)
     medians = {
-        mode: interleaved_ms({name: c[mode] for name, c in calls.items()}, device, repeat=repeat)
+        mode: interleaved_ms({name: c[mode] for name, c in calls.items() if mode in c}, device, repeat=repeat)
         for mode in ("fwd", "bwd", "both")
     }
-    return {name: tuple(medians[mode][name][0] for mode in ("fwd", "bwd", "both")) for name in providers}
+    return {
+        name: tuple(
+            medians[mode][name][0] if name in medians[mode] else None for mode in ("fwd", "bwd", "both")
+        )
+        for name in calls
+    }
+
+
+def speedup(timings: dict, reference: str, both: float | None) -> str:
+    """``reference``'s forward+backward time over ``both`` ('' where either is missing)."""
+    base = timings.get(reference, (None, None, None))[2]
+    return f"{base / both:.2f}x" if base is not None and both is not None else ""
 
 
 def main() -> None:
@@ -142,10 +171,17 @@ def main() -> None:
         "survey kernel skips)",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    parser.add_argument(
+        "--graph",
+        action="store_true",
+        help="CUDA only: time replays of CUDA graphs of each call, i.e. the device's work without the host's",
+    )
     args = parser.parse_args()
     if not 0 <= args.valid <= TOKENS:
         parser.error(f"--valid must be between 0 and {TOKENS}, got {args.valid}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.graph and device.type != "cuda":
+        parser.error("--graph times CUDA graph replays and needs a CUDA device")
     dtype = getattr(torch, args.dtype)
     stages = args.stages or ([1, 2, 3, 4] if device.type == "cuda" else [1, 2])
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
@@ -181,10 +217,10 @@ def main() -> None:
                     providers["compile"] = compiled
                 for backend in backends:
                     providers[backend] = functools.partial(fused, backend=backend)
-                timings = time_providers(providers, inputs, grads, device, args.repeat)
+                timings = time_providers(providers, inputs, grads, device, args.repeat, args.graph)
                 size = batch * positions * channels * inputs[0].element_size()
                 for name, (fwd, bwd, both) in timings.items():
-                    bandwidth = TRAFFIC[op][0] * size / (fwd / 1000) / 1e9
+                    bandwidth = TRAFFIC[op][0] * size / (fwd / 1000) / 1e9 if fwd is not None else None
                     rows.append(
                         [
                             op if args.valid == VALID else f"{op} ({args.valid}/{TOKENS} valid)",
@@ -193,18 +229,21 @@ def main() -> None:
                             positions,
                             channels,
                             name,
-                            f"{fwd:.3f}",
-                            f"{bwd:.3f}",
-                            f"{both:.3f}",
-                            f"{bandwidth:.1f}",
-                            f"{100 * bandwidth / copy:.0f}%",
-                            f"{timings['eager'][2] / both:.2f}x",
-                            f"{timings['compile'][2] / both:.2f}x" if "compile" in timings else "",
+                            *(f"{t:.3f}" if t is not None else "" for t in (fwd, bwd, both)),
+                            f"{bandwidth:.1f}" if bandwidth is not None else "",
+                            f"{100 * bandwidth / copy:.0f}%" if bandwidth is not None else "",
+                            speedup(timings, "eager", both),
+                            speedup(timings, "compile", both),
                         ]
                     )
-    title = f"PCM gates, {args.dtype}, {args.valid} of {TOKENS} tokens valid (copy bandwidth {copy:.1f} GB/s)"
+    timing = "CUDA graph replays" if args.graph else "calls"
+    title = (
+        f"PCM gates, {args.dtype}, {args.valid} of {TOKENS} tokens valid, timed as {timing} "
+        f"(copy bandwidth {copy:.1f} GB/s)"
+    )
     print_table(title, header, rows)
-    print(f"rows appended to {append_csv('pcm', [*header, 'dtype'], [[*r, args.dtype] for r in rows])}")
+    table = [[*r, args.dtype] for r in rows]
+    print(f"rows appended to {append_csv('pcm_graph' if args.graph else 'pcm', [*header, 'dtype'], table)}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ tail's forward and backward kernels called directly, in GB/s next to a copy of o
 at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train and deploy
 form with PyTorch modules and with the fused ops (automatic choices; on CPU also the deploy form with
 the direct convolution). Maps are channels-last, as in the model.
-Prints tables and appends rows to benchmarks/results/repconv.csv (and repconv_kernels.csv).
+Prints tables and appends rows to benchmarks/results/repconv.csv (and repconv_kernels.csv; with
+``--graph`` to repconv_graph.csv and repconv_kernels_graph.csv).
 
     python benchmarks/bench_repconv.py                # CPU: B = 1 and 2; GPU: B = 8
     python benchmarks/bench_repconv.py --sizes 120 --batch 1 --parts tail kernels
+    python benchmarks/bench_repconv.py --graph --parts tail kernels conv   # GPU: device time alone
 
 Large CPU tensors come from fresh pages unless glibc keeps freed memory (page faults then cost as much
 as the kernels at 120²); the allocator setting (``GLIBC_TUNABLES``, ``LD_PRELOAD``) is printed and
@@ -38,7 +40,7 @@ from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu_ove
 from provg.ops._gate_api import kernels
 from provg.ops.conv3x3_bias_silu import CONV_ALGORITHMS
 
-from common import append_csv, interleaved_ms, print_table
+from common import append_csv, graphed, interleaved_ms, print_table
 
 WIDTH = 256
 HEADER = ["part", "size", "B", "provider", "fwd ms", "bwd ms", "fwd+bwd ms", "vs eager", "vs compile"]
@@ -76,7 +78,7 @@ def eager_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return module(a, b)
 
 
-def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool) -> dict:
+def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool, graph: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(2)]
     providers = {"eager": eager_tail}
@@ -109,14 +111,18 @@ def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool)
         return {"fwd": forward, "bwd": backward, "both": both}
 
     prepared = {name: calls(call) for name, call in providers.items()}
-    medians = {
-        mode: interleaved_ms({n: c[mode] for n, c in prepared.items()}, device, repeat=repeat)
-        for mode in ("fwd", "bwd", "both")
+    medians = {}
+    for mode in ("fwd", "bwd", "both"):
+        mode_calls = {n: c[mode] for n, c in prepared.items()}
+        medians[mode] = interleaved_ms(graphed(mode_calls) if graph else mode_calls, device, repeat=repeat)
+    # NOTE: a mode that could not be captured in a CUDA graph is None; a provider with none is left out.
+    timed = [n for n in providers if any(n in medians[m] for m in medians)]
+    return {
+        n: tuple(medians[m][n][0] if n in medians[m] else None for m in ("fwd", "bwd", "both")) for n in timed
     }
-    return {n: tuple(medians[m][n][0] for m in ("fwd", "bwd", "both")) for n in providers}
 
 
-def time_kernels(size: int, batch: int, device, dtype, repeat: int) -> dict:
+def time_kernels(size: int, batch: int, device, dtype, repeat: int, graph: bool = False) -> dict:
     """The tail's kernels called directly (no autograd, no Python wrapper), and a copy of one map:
     {name: (fwd ms, bwd ms, fwd GB/s, bwd GB/s)}; the forward moves 5 maps (reads a, b twice, writes
     y), the backward 8 (reads grad, a, b twice, writes da, db)."""
@@ -134,17 +140,19 @@ def time_kernels(size: int, batch: int, device, dtype, repeat: int) -> dict:
         calls[f"{backend} bwd"] = functools.partial(backward, grad, maps, weight, bias, mean, var, True, 1e-5)
     target = torch.empty_like(maps[0])
     calls["copy"] = functools.partial(target.copy_, maps[0])
-    timed = interleaved_ms(calls, device, repeat=repeat)
+    timed = interleaved_ms(graphed(calls) if graph else calls, device, repeat=repeat)
     size_bytes = maps[0].numel() * maps[0].element_size()
     copy_ms = timed.pop("copy")[0]
     result = {"copy": (copy_ms, None, 2 * size_bytes / copy_ms / 1e6, None)}
     for backend in kernel_backends(device):
+        if f"{backend} fwd" not in timed or f"{backend} bwd" not in timed:
+            continue  # not captured in a CUDA graph (the reason is printed)
         fwd, bwd = timed[f"{backend} fwd"][0], timed[f"{backend} bwd"][0]
         result[f"{backend} kernels"] = (fwd, bwd, 5 * size_bytes / fwd / 1e6, 8 * size_bytes / bwd / 1e6)
     return result
 
 
-def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool) -> dict:
+def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool, graph: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     x = channels_last_map(batch, size, g, device, dtype)
     weight = (torch.randn(WIDTH, WIDTH, 3, 3, generator=g) / (3 * WIDTH**0.5)).to(device=device, dtype=dtype)
@@ -167,7 +175,7 @@ def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool)
     calls = {}
     for name, call in providers.items():
         calls[name] = functools.partial(torch.inference_mode()(call), x, weight, bias)
-    timed = interleaved_ms(calls, device, repeat=repeat)
+    timed = interleaved_ms(graphed(calls) if graph else calls, device, repeat=repeat)
     return {n: (t[0], None, None) for n, t in timed.items()}
 
 
@@ -216,23 +224,26 @@ def time_cfm(batch: int, device, dtype, repeat: int) -> dict:
 
 
 def rows_for(part: str, size: object, batch: int, timings: dict, baseline: str = "eager") -> list[list[str]]:
-    column = 2 if timings[baseline][2] is not None else 0
-    rows = []
-    for name, values in timings.items():
-        ratio = timings[baseline][column] / values[column]
-        versus_compile = timings["compile"][column] / values[column] if "compile" in timings else None
-        rows.append(
-            [
-                part,
-                size,
-                batch,
-                name,
-                *(f"{v:.2f}" if v is not None else "" for v in values),
-                f"{ratio:.2f}x",
-                f"{versus_compile:.2f}x" if versus_compile is not None else "",
-            ]
-        )
-    return rows
+    """Table rows; the ratios compare forward+backward where the part has it, else the forward (blank
+    where a value is missing: a call that could not be captured in a CUDA graph)."""
+
+    def ratio(reference: str, values: tuple) -> str:
+        column = 2 if any(v[2] is not None for v in timings.values()) else 0
+        base = timings.get(reference, (None, None, None))[column]
+        return f"{base / values[column]:.2f}x" if base is not None and values[column] is not None else ""
+
+    return [
+        [
+            part,
+            size,
+            batch,
+            name,
+            *(f"{v:.2f}" if v is not None else "" for v in values),
+            ratio(baseline, values),
+            ratio("compile", values),
+        ]
+        for name, values in timings.items()
+    ]
 
 
 def main() -> None:
@@ -251,18 +262,27 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument(
+        "--graph",
+        action="store_true",
+        help="CUDA only (tail, kernels, conv): time replays of CUDA graphs of each call (the device alone)",
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.graph and device.type != "cuda":
+        parser.error("--graph times CUDA graph replays and needs a CUDA device")
+    if args.graph and "cfm" in args.parts:
+        parser.error("--graph times the tail, kernels and conv parts; leave out cfm")
     dtype = getattr(torch, args.dtype)
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
     rows, kernel_rows = [], []
     for batch in batches:
         for size in args.sizes:
             if "tail" in args.parts:
-                timings = time_tail(size, batch, device, dtype, args.repeat, not args.no_compile)
+                timings = time_tail(size, batch, device, dtype, args.repeat, not args.no_compile, args.graph)
                 rows += rows_for("tail (train)", f"{size}²", batch, timings)
             if "kernels" in args.parts:
-                timings = time_kernels(size, batch, device, dtype, args.repeat)
+                timings = time_kernels(size, batch, device, dtype, args.repeat, args.graph)
                 for name, (fwd, bwd, fwd_rate, bwd_rate) in timings.items():
                     optional = [
                         f"{bwd:.3f}" if bwd else "",
@@ -271,21 +291,22 @@ def main() -> None:
                     ]
                     kernel_rows.append([f"{size}²", batch, name, f"{fwd:.3f}", *optional])
             if "conv" in args.parts:
-                timings = time_conv(size, batch, device, dtype, args.repeat, not args.no_compile)
+                timings = time_conv(size, batch, device, dtype, args.repeat, not args.no_compile, args.graph)
                 rows += rows_for("conv (deploy)", f"{size}²", batch, timings)
         if "cfm" in args.parts:
             timings = time_cfm(batch, device, dtype, max(5, args.repeat // 2))
             rows += rows_for("CFM eval fwd", "480 input", batch, timings, baseline="train form, torch ops")
+    timing = ", CUDA graph replays" if args.graph else ""
+    suffix = "_graph" if args.graph else ""
     if kernel_rows:
         header = ["size", "B", "what", "fwd ms", "bwd ms", "fwd GB/s", "bwd GB/s"]
-        print_table(f"Tail kernels alone (copy = one map copied), {args.dtype}", header, kernel_rows)
-        path = append_csv("repconv_kernels", [*header, "dtype"], [[*r, args.dtype] for r in kernel_rows])
-        print(f"rows appended to {path}")
+        print_table(f"Tail kernels alone (copy = one map copied), {args.dtype}{timing}", header, kernel_rows)
+        table = [[*r, args.dtype] for r in kernel_rows]
+        print(f"rows appended to {append_csv(f'repconv_kernels{suffix}', [*header, 'dtype'], table)}")
     if rows:
-        print_table(f"RepVGG block kernels, width {WIDTH}, {args.dtype}, channels-last", HEADER, rows)
-        print(
-            f"rows appended to {append_csv('repconv', [*HEADER, 'dtype'], [[*r, args.dtype] for r in rows])}"
-        )
+        print_table(f"RepVGG block kernels, width {WIDTH}, {args.dtype}, channels-last{timing}", HEADER, rows)
+        table = [[*r, args.dtype] for r in rows]
+        print(f"rows appended to {append_csv(f'repconv{suffix}', [*HEADER, 'dtype'], table)}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,37 @@ def interleaved_ms(
     return result
 
 
+def cuda_graph(function: Callable[[], object], warmup: int = 3) -> Callable[[], object]:
+    """A callable that replays ``function``'s kernels from a captured CUDA graph.
+
+    Timing replays measures the device: the host work of a call (Python, dispatch, launches) is paid once
+    at capture, so what is left is the kernels and the short gaps between them. Raises RuntimeError where
+    the call cannot be captured (a host synchronization, a host-to-device copy).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            function()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        function()
+    return graph.replay
+
+
+def graphed(calls: dict) -> dict:
+    """``calls`` (name: callable) replayed from CUDA graphs (`cuda_graph`); a call that cannot be
+    captured is left out, and why is printed."""
+    result = {}
+    for name, call in calls.items():
+        try:
+            result[name] = cuda_graph(call)
+        except RuntimeError as error:
+            print(f"{name}: not captured in a CUDA graph ({str(error).splitlines()[0]})")
+    return result
+
+
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
     print(f"\n{title}\nmachine: {machine()}\ndate: {datetime.date.today()}\nversions: {versions()}")
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
