@@ -27,7 +27,14 @@ CPU_BACKENDS = [
 ]
 GPU_BACKENDS = [b for b in ("triton", "cuda") if AVAILABLE[b] and torch.cuda.is_available()]
 # (B, P, C, N, heads): single and odd sizes, P not a multiple of any block, C not a power of two.
-SHAPES = [(1, 1, 1, 1, 1), (2, 7, 5, 3, 1), (3, 97, 12, 7, 3), (1, 130, 33, 20, 1), (2, 65, 96, 1, 2)]
+SHAPES = [
+    (1, 1, 1, 1, 1),
+    (2, 7, 5, 3, 1),
+    (3, 97, 12, 7, 3),
+    (1, 130, 33, 20, 1),
+    (2, 65, 96, 1, 2),
+    (2, 5, 257, 4, 1),
+]
 
 
 def make(op: str, shape, dtype, device="cpu", seed=0):

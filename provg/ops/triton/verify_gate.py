@@ -1,9 +1,13 @@
 """Triton kernels of provg::verify_gate (Eq. 5–7).
 
-The channel means need every position before any gate exists: a first kernel sums x (forward) or
-grad·x (backward) over blocks of positions into per-block partials; the per-channel attention over the
-attribute tokens is a few hundred numbers per batch item and runs as PyTorch operations; a second
-kernel writes y = x·gate (forward) or dx = grad·gate + dmean/P (backward).
+The channel means need every position before any gate exists, so a first kernel sums x (forward), or
+x and grad·x in the same pass (backward), over blocks of positions into per-block partials, which one
+reduction adds up. The per-channel attention over the attribute tokens is a few hundred numbers per
+batch item, computed inside the kernels that need it instead of as a chain of small PyTorch
+operations (each a launch and a host round of its own, which cost more than the whole gate on a GPU):
+the forward's scaling kernel recomputes the gate of its channels and writes y = x·gate; the backward's
+attention kernel (one program per batch item) writes the gate, the shift dmean/P and the token
+gradients, and the scaling kernel writes dx = grad·gate + shift. Forward: 3 launches; backward: 5.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import acc_dtype, next_power_of_2
+from .common import acc_dtype, masked_softmax_rows, next_power_of_2
 
 __all__ = ["backward", "forward"]
 
@@ -21,8 +25,8 @@ __all__ = ["backward", "forward"]
 @triton.jit
 def _column_sums_kernel(
     a_ptr,  # (B, P, C)
-    b_ptr,  # (B, P, C) multiplied in when HAS_B
-    out_ptr,  # (B, blocks, C) partial sums
+    b_ptr,  # (B, P, C) read when HAS_B
+    out_ptr,  # (B, blocks, 1 or 2, C) partial sums of a (and of a·b)
     P,
     C,
     blocks,
@@ -38,20 +42,129 @@ def _column_sums_kernel(
     tile = (offs_p < P)[:, None] & (offs_c < C)[None, :]
     ptrs = (b * P + offs_p)[:, None] * C + offs_c[None, :]
     a = tl.load(a_ptr + ptrs, mask=tile, other=0.0).to(ACC)
+    sums = 2 if HAS_B else 1
+    row = (b * blocks + block) * sums * C
+    tl.store(out_ptr + row + offs_c, tl.sum(a, axis=0), mask=offs_c < C)
     if HAS_B:
-        a = a * tl.load(b_ptr + ptrs, mask=tile, other=0.0).to(ACC)
-    tl.store(out_ptr + (b * blocks + block) * C + offs_c, tl.sum(a, axis=0), mask=offs_c < C)
+        product = a * tl.load(b_ptr + ptrs, mask=tile, other=0.0).to(ACC)
+        tl.store(out_ptr + row + C + offs_c, tl.sum(product, axis=0), mask=offs_c < C)
+
+
+@triton.jit
+def _channel_attention(
+    sums_ptr,  # (B, S, C): row 0 holds Σ_p x
+    k_ptr,  # (B, N)
+    v_ptr,  # (B, N)
+    mask_ptr,  # (B, N) bool
+    w_q_ptr,  # () scalar
+    b,
+    offs_c,
+    C,
+    N,
+    S,
+    inv_positions,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Means (BLOCK_C,), query (BLOCK_C,), attention weights (BLOCK_C, BLOCK_N), gate (BLOCK_C,), keys and
+    values (BLOCK_N,) of a block of channels of batch item ``b``."""
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    valid = (tl.load(mask_ptr + b * N + offs_n, mask=n_ok, other=0) != 0) & n_ok
+    keys = tl.load(k_ptr + b * N + offs_n, mask=n_ok, other=0.0).to(ACC)
+    values = tl.load(v_ptr + b * N + offs_n, mask=n_ok, other=0.0).to(ACC)
+    means = tl.load(sums_ptr + b * S * C + offs_c, mask=offs_c < C, other=0.0) * inv_positions
+    query = tl.load(w_q_ptr).to(ACC) * means
+    weights = masked_softmax_rows(query[:, None] * keys[None, :], valid)
+    gate = tl.sigmoid(tl.sum(weights * values[None, :], axis=1))
+    return means, query, weights, gate, keys, values
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr,  # (B, P, C)
+    sums_ptr,  # (B, 1, C) Σ_p x
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    w_q_ptr,
+    y_ptr,  # (B, P, C) out
+    P,
+    C,
+    N,
+    inv_positions,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    _, _, _, gate, _, _ = _channel_attention(
+        sums_ptr, k_ptr, v_ptr, mask_ptr, w_q_ptr, b, offs_c, C, N, 1, inv_positions, ACC, BLOCK_N
+    )
+    tile = (offs_p < P)[:, None] & (offs_c < C)[None, :]
+    ptrs = (b * P + offs_p)[:, None] * C + offs_c[None, :]
+    y = tl.load(x_ptr + ptrs, mask=tile, other=0.0).to(ACC) * gate[None, :]
+    tl.store(y_ptr + ptrs, y.to(y_ptr.dtype.element_ty), mask=tile)
+
+
+@triton.jit
+def _attention_backward_kernel(
+    sums_ptr,  # (B, 2, C): Σ_p x, Σ_p grad·x
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    w_q_ptr,
+    gate_ptr,  # (B, C) out
+    shift_ptr,  # (B, C) out: w_q · dquery / P, the mean's share of dx
+    dk_ptr,  # (B, N) out, accumulation dtype
+    dv_ptr,  # (B, N) out
+    dw_q_ptr,  # (B,) out: this item's share of dw_q
+    C,
+    N,
+    inv_positions,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    w_q = tl.load(w_q_ptr).to(ACC)
+    dk = tl.zeros((BLOCK_N,), dtype=ACC)
+    dv = tl.zeros((BLOCK_N,), dtype=ACC)
+    dw_q = tl.zeros((BLOCK_C,), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < C
+        means, query, weights, gate, keys, values = _channel_attention(
+            sums_ptr, k_ptr, v_ptr, mask_ptr, w_q_ptr, b, offs_c, C, N, 2, inv_positions, ACC, BLOCK_N
+        )
+        products = tl.load(sums_ptr + (b * 2 + 1) * C + offs_c, mask=c_ok, other=0.0)
+        dattention = tl.where(c_ok, products * gate * (1 - gate), 0.0)
+        dweights = dattention[:, None] * values[None, :]
+        dscores = weights * (dweights - tl.sum(weights * dweights, axis=1)[:, None])
+        dquery = tl.sum(dscores * keys[None, :], axis=1)
+        dk += tl.sum(dscores * query[:, None], axis=0)
+        dv += tl.sum(weights * dattention[:, None], axis=0)
+        dw_q += dquery * means
+        tl.store(gate_ptr + b * C + offs_c, gate, mask=c_ok)
+        tl.store(shift_ptr + b * C + offs_c, w_q * dquery * inv_positions, mask=c_ok)
+    n_ok = offs_n < N
+    tl.store(dk_ptr + b * N + offs_n, dk, mask=n_ok)
+    tl.store(dv_ptr + b * N + offs_n, dv, mask=n_ok)
+    tl.store(dw_q_ptr + b, tl.sum(dw_q, axis=0))
 
 
 @triton.jit
 def _scale_kernel(
     a_ptr,  # (B, P, C)
     scale_ptr,  # (B, C)
-    shift_ptr,  # (B, C) added when HAS_SHIFT
+    shift_ptr,  # (B, C)
     out_ptr,  # (B, P, C)
     P,
     C,
-    HAS_SHIFT: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -62,12 +175,9 @@ def _scale_kernel(
     c_ok = offs_c < C
     tile = (offs_p < P)[:, None] & c_ok[None, :]
     ptrs = (b * P + offs_p)[:, None] * C + offs_c[None, :]
-    out = (
-        tl.load(a_ptr + ptrs, mask=tile, other=0.0).to(ACC)
-        * tl.load(scale_ptr + b * C + offs_c, mask=c_ok)[None, :]
-    )
-    if HAS_SHIFT:
-        out = out + tl.load(shift_ptr + b * C + offs_c, mask=c_ok)[None, :]
+    scale = tl.load(scale_ptr + b * C + offs_c, mask=c_ok)
+    shift = tl.load(shift_ptr + b * C + offs_c, mask=c_ok)
+    out = tl.load(a_ptr + ptrs, mask=tile, other=0.0).to(ACC) * scale[None, :] + shift[None, :]
     tl.store(out_ptr + ptrs, out.to(out_ptr.dtype.element_ty), mask=tile)
 
 
@@ -77,12 +187,13 @@ def _blocks(x: Tensor) -> tuple[int, int]:
 
 
 def _column_sums(a: Tensor, b: Tensor | None) -> Tensor:
-    """Σ_p a (· b) per channel, (B, C) in the accumulation dtype."""
+    """(B, 1, C) = Σ_p a per channel, or (B, 2, C) = Σ_p a and Σ_p a·b, in the accumulation dtype."""
     batch, positions, channels = a.shape
     block_p, block_c = _blocks(a)
     blocks = triton.cdiv(positions, block_p)
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    partial = torch.zeros(batch, blocks, channels, dtype=acc, device=a.device)
+    sums = 1 if b is None else 2
+    partial = torch.empty(batch, blocks, sums, channels, dtype=acc, device=a.device)
     grid = (batch, blocks, triton.cdiv(channels, block_c))
     _column_sums_kernel[grid](
         a,
@@ -99,7 +210,8 @@ def _column_sums(a: Tensor, b: Tensor | None) -> Tensor:
     return partial.sum(1)
 
 
-def _scale(a: Tensor, scale: Tensor, shift: Tensor | None) -> Tensor:
+def _scale(a: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """a · scale + shift, with (B, C) scale and shift broadcast over positions."""
     batch, positions, channels = a.shape
     block_p, block_c = _blocks(a)
     out = torch.empty_like(a)
@@ -107,11 +219,10 @@ def _scale(a: Tensor, scale: Tensor, shift: Tensor | None) -> Tensor:
     _scale_kernel[grid](
         a,
         scale,
-        shift if shift is not None else scale,
+        shift,
         out,
         positions,
         channels,
-        HAS_SHIFT=shift is not None,
         ACC=acc_dtype(a.dtype),
         BLOCK_P=block_p,
         BLOCK_C=block_c,
@@ -119,44 +230,64 @@ def _scale(a: Tensor, scale: Tensor, shift: Tensor | None) -> Tensor:
     return out
 
 
-def _channel_attention(means: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor):
-    """Per-channel query, attention weights (B, C, N) and gate (B, C), in the accumulation dtype."""
-    query = w_q.to(means.dtype) * means
-    scores = (query[:, :, None] * k.to(means.dtype)[:, None, :]).masked_fill(
-        ~key_mask[:, None, :], float("-inf")
-    )
-    top = scores.amax(dim=2, keepdim=True).nan_to_num(neginf=0.0).clamp_min(torch.finfo(means.dtype).min)
-    e = torch.exp(scores - top) * key_mask[:, None, :]
-    total = e.sum(dim=2, keepdim=True)
-    weights = e / torch.where(total == 0, torch.ones_like(total), total)
-    gate = torch.sigmoid((weights * v.to(means.dtype)[:, None, :]).sum(dim=2))
-    return query, weights, gate
-
-
 def forward(x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor) -> Tensor:
-    x = x.contiguous()
+    x, k, v, key_mask, w_q = (t.contiguous() for t in (x, k, v, key_mask, w_q))
+    batch, positions, channels = x.shape
+    y = torch.empty_like(x)
     if x.numel() == 0:
-        return torch.empty_like(x)
-    means = _column_sums(x, None) / x.shape[1]
-    _, _, gate = _channel_attention(means, k, v, key_mask, w_q)
-    return _scale(x, gate, None)
+        return y
+    sums = _column_sums(x, None)
+    block_p, block_c = _blocks(x)
+    grid = (batch, triton.cdiv(positions, block_p), triton.cdiv(channels, block_c))
+    _forward_kernel[grid](
+        x,
+        sums,
+        k,
+        v,
+        key_mask,
+        w_q,
+        y,
+        positions,
+        channels,
+        k.shape[1],
+        1.0 / positions,
+        ACC=acc_dtype(x.dtype),
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        BLOCK_N=next_power_of_2(k.shape[1]),
+    )
+    return y
 
 
 def backward(grad: Tensor, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor):
-    grad, x = grad.contiguous(), x.contiguous()
-    positions = x.shape[1]
+    grad, x, k, v, key_mask, w_q = (t.contiguous() for t in (grad, x, k, v, key_mask, w_q))
+    batch, positions, channels = x.shape
     if x.numel() == 0:
         return torch.empty_like(x), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(w_q)
-    means = _column_sums(x, None) / positions
-    products = _column_sums(grad, x)  # Σ_p grad · x
-    query, weights, gate = _channel_attention(means, k, v, key_mask, w_q)
-    acc = means.dtype
-    dattention = products * gate * (1 - gate)  # (B, C)
-    dweights = dattention[:, :, None] * v.to(acc)[:, None, :]
-    dscores = weights * (dweights - (weights * dweights).sum(dim=2, keepdim=True))
-    dquery = (dscores * k.to(acc)[:, None, :]).sum(dim=2)  # (B, C)
-    dk = (dscores * query[:, :, None]).sum(dim=1)
-    dv = (weights * dattention[:, :, None]).sum(dim=1)
-    dw_q = (dquery * means).sum()
-    dx = _scale(grad, gate, w_q.to(acc) * dquery / positions)
-    return dx, dk.to(k.dtype), dv.to(v.dtype), dw_q.reshape(w_q.shape).to(w_q.dtype)
+    sums = _column_sums(x, grad)  # Σ_p x and Σ_p grad·x
+    acc = sums.dtype
+    gate = torch.empty(batch, channels, dtype=acc, device=x.device)
+    shift = torch.empty_like(gate)
+    dk = torch.empty(k.shape, dtype=acc, device=x.device)
+    dv = torch.empty_like(dk)
+    dw_q = torch.empty(batch, dtype=acc, device=x.device)
+    _attention_backward_kernel[(batch,)](
+        sums,
+        k,
+        v,
+        key_mask,
+        w_q,
+        gate,
+        shift,
+        dk,
+        dv,
+        dw_q,
+        channels,
+        k.shape[1],
+        1.0 / positions,
+        ACC=acc_dtype(x.dtype),
+        BLOCK_C=min(128, next_power_of_2(channels)),
+        BLOCK_N=next_power_of_2(k.shape[1]),
+    )
+    dx = _scale(grad, gate, shift)
+    return dx, dk.to(k.dtype), dv.to(v.dtype), dw_q.sum().reshape(w_q.shape).to(w_q.dtype)
