@@ -25,7 +25,7 @@ from provg.ops.locate_gate import locate_gate_reference
 from provg.ops.survey_gate import survey_gate_reference
 from provg.ops.verify_gate import verify_gate_reference
 
-from common import append_csv, graphed, interleaved_ms, median_ms, print_table
+from common import append_csv, graphed, interleaved_ms, median_ms, print_table, use_side_stream
 
 STAGES = {1: (120 * 120, 128), 2: (60 * 60, 256), 3: (30 * 30, 512), 4: (15 * 15, 1024)}
 TOKENS, VALID = 20, 15
@@ -182,6 +182,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.graph and device.type != "cuda":
         parser.error("--graph times CUDA graph replays and needs a CUDA device")
+    if args.graph:
+        use_side_stream()
     dtype = getattr(torch, args.dtype)
     stages = args.stages or ([1, 2, 3, 4] if device.type == "cuda" else [1, 2])
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])

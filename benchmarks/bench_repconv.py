@@ -40,7 +40,7 @@ from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu_ove
 from provg.ops._gate_api import kernels
 from provg.ops.conv3x3_bias_silu import CONV_ALGORITHMS
 
-from common import append_csv, graphed, interleaved_ms, print_table
+from common import append_csv, graphed, interleaved_ms, print_table, use_side_stream
 
 WIDTH = 256
 HEADER = ["part", "size", "B", "provider", "fwd ms", "bwd ms", "fwd+bwd ms", "vs eager", "vs compile"]
@@ -273,6 +273,8 @@ def main() -> None:
         parser.error("--graph times CUDA graph replays and needs a CUDA device")
     if args.graph and "cfm" in args.parts:
         parser.error("--graph times the tail, kernels and conv parts; leave out cfm")
+    if args.graph:
+        use_side_stream()
     dtype = getattr(torch, args.dtype)
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
     rows, kernel_rows = [], []

@@ -101,21 +101,31 @@ def interleaved_ms(
     return result
 
 
+def use_side_stream() -> None:
+    """Make a new CUDA stream current for the rest of the process: graph-timed benchmarks run under it.
+
+    Graph capture cannot use the default stream, and creating the inputs, the retained forward graphs
+    (whose backward kernels run on the stream their forward ran on) and the warm-up calls on the stream
+    that is then captured keeps every captured kernel on it.
+    """
+    torch.cuda.set_stream(torch.cuda.Stream())
+
+
 def cuda_graph(function: Callable[[], object], warmup: int = 3) -> Callable[[], object]:
-    """A callable that replays ``function``'s kernels from a captured CUDA graph.
+    """A callable that replays ``function``'s kernels from a CUDA graph captured on the current stream
+    (a side stream: `use_side_stream`).
 
     Timing replays measures the device: the host work of a call (Python, dispatch, launches) is paid once
     at capture, so what is left is the kernels and the short gaps between them. Raises RuntimeError where
     the call cannot be captured (a host synchronization, a host-to-device copy).
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            function()
-    torch.cuda.current_stream().wait_stream(side)
+    stream = torch.cuda.current_stream()
+    if stream == torch.cuda.default_stream():
+        raise RuntimeError("CUDA graphs are captured on a side stream: call common.use_side_stream() first")
+    for _ in range(warmup):
+        function()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         function()
     return graph.replay
 
