@@ -26,7 +26,8 @@ CPU_BACKENDS = [
     if AVAILABLE[b] and (b != "triton" or os.environ.get("TRITON_INTERPRET") == "1")
 ]
 GPU_BACKENDS = [b for b in ("triton", "cuda") if AVAILABLE[b] and torch.cuda.is_available()]
-# (B, P, C, N, heads): single and odd sizes, P not a multiple of any block, C not a power of two.
+# (B, P, C, N, heads): single and odd sizes, P not a multiple of any block, C not a power of two, C = 257
+# over several channel blocks.
 SHAPES = [
     (1, 1, 1, 1, 1),
     (2, 7, 5, 3, 1),
@@ -191,6 +192,19 @@ def test_empty_batch(backend):
         empty = [a[:0] if torch.is_tensor(a) and a.dim() >= 2 else a for a in args]
         out, grads, _ = run(op, empty, grad_indices, backend)
         assert out.shape[0] == 0 and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", ["locate", "verify"])
+def test_no_channels(backend, op):
+    """C = 0: nothing to gate, and the token gradients (sums over channels) are exactly zero, as the
+    reference's are (the kernels do not run, so their partial sums must start from zero)."""
+    args, grad_indices = make(op, (2, 5, 0, 3, 1), torch.float64)
+    out, grads, _ = run(op, args, grad_indices, backend)
+    _, grads_ref, _ = run(op, args, grad_indices, "reference")
+    assert out.shape == (2, 5, 0)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")

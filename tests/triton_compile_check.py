@@ -11,7 +11,9 @@ float64 at small and model-sized shapes.
 
     python tests/triton_compile_check.py [--arch 90] [-k 'survey forward']
 
-Prints one line per (op, case) and exits non-zero if any kernel fails to compile. Must run without
+Prints one line per (op, case) and exits non-zero if any kernel fails to compile; then lists the
+float32 and bfloat16 kernels whose compiled code keeps values on the stack (register spills, read with
+cuobjdump). Must run without
 ``TRITON_INTERPRET=1`` (tests/test_triton_compiles.py runs it in a subprocess).
 """
 
@@ -19,7 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -49,10 +55,36 @@ def install_compile_only_driver(arch: int) -> None:
     run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
-        return run(self, *args, grid=grid, warmup=True, **kwargs)
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        COMPILED.append((self.fn.__name__, kernel))
+        return kernel
 
     JITFunction.run = compile_only
     assert triton.__version__
+
+
+COMPILED: list = []  # (kernel name, compiled kernel) of the launches of the current case
+
+
+def stack_bytes(kernel) -> tuple[int, int]:
+    """(registers, stack bytes) per thread of a compiled kernel, from cuobjdump (shipped with Triton).
+
+    A stack means the compiler ran out of registers and keeps values in local memory, which a
+    memory-bound kernel pays for with extra device-memory traffic.
+    """
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        report = subprocess.run(
+            [str(tool), "--dump-resource-usage", cubin.name], capture_output=True, text=True
+        )
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", report.stdout)
+    if usage is None:
+        raise RuntimeError(f"cuobjdump gave no resource usage: {report.stdout}{report.stderr}")
+    return int(usage[1]), int(usage[2])
 
 
 def cases():
@@ -123,7 +155,7 @@ def cases():
                 for name, thunk in tail(dtype, *shape[:4], training, shape[4]):
                     yield f"{name} {tag} training={training} {shape[:4]}", thunk
         for precision in (True, False) if dtype == torch.float32 else (False,):
-            for shape in ((1, 5, 7, 9, True), (8, 256, 256, 30, False)):
+            for shape in ((1, 5, 7, 9, True), (8, 256, 256, 30, False), (8, 256, 256, 30, True)):
                 torch.backends.cudnn.allow_tf32 = precision
                 for name, thunk in conv(dtype, *shape):
                     yield f"{name} {tag} allow_tf32={precision} {shape}", thunk
@@ -139,12 +171,18 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
     install_compile_only_driver(args.arch)
-    failures = 0
+    failures, spills = 0, []
     for name, thunk in cases():
         if args.only not in name:
             continue
+        COMPILED.clear()
         try:
             thunk()
+            if "float64" not in name:  # float64 runs without tl.dot, on wide multiply-and-sum tiles
+                for kernel_name, kernel in COMPILED:
+                    registers, stack = stack_bytes(kernel)
+                    if stack:
+                        spills.append(f"{name}: {kernel_name} {registers} registers, {stack} stack bytes")
         except Exception as error:  # every failure is reported, then the run fails
             failures += 1
             root = error
@@ -155,6 +193,10 @@ def main() -> int:
         else:
             print(f"ok   {name}")
     print(f"{failures} failed" if failures else "all Triton kernels compiled", f"(sm_{args.arch})")
+    for spill in spills:
+        print(f"SPILL {spill}")
+    if not spills:
+        print("no float32/bfloat16 kernel spills registers to the stack")
     return 1 if failures else 0
 
 

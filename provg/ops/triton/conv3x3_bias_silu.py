@@ -14,7 +14,7 @@ then casts and stores the tile once. Float32 products use tf32 when
 The output is computed channels-last. A channels-last ``x`` is read in place and the result returned
 as is; any other ``x`` is copied to channels-last first and the result copied back to NCHW (two
 conversion passes; the model's fast path is channels-last in, channels-last out). The residual is
-read through its strides, in whichever layout it comes.
+read channels-last too (copied to it first when it comes in another layout).
 """
 
 from __future__ import annotations
@@ -37,17 +37,13 @@ def _conv3x3_bias_silu_kernel(
     x_ptr,  # (B·H·W, C_in) channels-last input
     w_ptr,  # (9·C_in, C_out) packed weight, rows ordered (kh, kw, c_in)
     bias_ptr,  # (C_out,)
-    res_ptr,  # (B, C_out, H, W) residual at strides stride_r*, read when HAS_RESIDUAL
+    res_ptr,  # (B·H·W, C_out) channels-last residual, read when HAS_RESIDUAL
     out_ptr,  # (B·H·W, C_out) channels-last output
     M,
     H,
     W,
     C_in,
     C_out,
-    stride_rb,
-    stride_rc,
-    stride_rh,
-    stride_rw,
     HAS_RESIDUAL: tl.constexpr,
     ACC: tl.constexpr,
     USE_DOT: tl.constexpr,
@@ -63,7 +59,6 @@ def _conv3x3_bias_silu_kernel(
     n_ok = offs_n < C_out
     col = offs_m % W
     row = (offs_m // W) % H
-    image = offs_m // (H * W)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     k_tiles = tl.cdiv(C_in, BLOCK_K)
@@ -95,10 +90,12 @@ def _conv3x3_bias_silu_kernel(
     tile = m_ok[:, None] & n_ok[None, :]
     s = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
     y = s * tl.sigmoid(s)
+    # NOTE: the residual shares the output's channels-last offsets: strided residual addresses (one
+    # 64-bit address per tile element) spilled registers to the stack on sm_90.
+    offsets = offs_m[:, None] * C_out + offs_n[None, :]
     if HAS_RESIDUAL:
-        res_rows = image * stride_rb + row * stride_rh + col * stride_rw
-        y += tl.load(res_ptr + res_rows[:, None] + offs_n[None, :] * stride_rc, mask=tile, other=0.0).to(ACC)
-    tl.store(out_ptr + offs_m[:, None] * C_out + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=tile)
+        y += tl.load(res_ptr + offsets, mask=tile, other=0.0).to(ACC)
+    tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=tile)
 
 
 def _config(dtype: torch.dtype, c_in: int, c_out: int) -> dict:
@@ -141,7 +138,7 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None) ->
         positions = batch * height * width
         config = _config(x.dtype, c_in, c_out)
         grid = (triton.cdiv(positions, config["BLOCK_M"]), triton.cdiv(c_out, config["BLOCK_N"]))
-        res = residual if residual is not None else y
+        res = residual.contiguous(memory_format=torch.channels_last) if residual is not None else y
         _conv3x3_bias_silu_kernel[grid](
             x_cl,
             w_packed,
@@ -153,7 +150,6 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None) ->
             width,
             c_in,
             c_out,
-            *res.stride(),
             HAS_RESIDUAL=residual is not None,
             **config,
         )
