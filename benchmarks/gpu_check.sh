@@ -4,14 +4,17 @@
 # slow step cannot eat the others' results; the benchmarks run one op or part per process for the same
 # reason.
 #   device run: bash benchmarks/gpu_check.sh [steps...]
-#     steps: tests pcm pcm-graph repconv repconv-graph forward mask (default: tests pcm repconv); the
-#     -graph steps time replays of CUDA graphs (the device's work without the host's).
+#     steps: tests pcm pcm-graph repconv repconv-graph forward mask (default: tests pcm-graph pcm
+#     repconv-graph repconv, about 7 minutes on an H100 with the extension carried); the -graph steps time
+#     replays of CUDA graphs (the device's work without the host's).
+#   Before it, here: bash benchmarks/prebuild_gpu_extension.sh (the device's torch), so the device skips
+#   the CUDA compile (100 s there), and carry .gpu.
 #     Knobs: TEST_FILES, PCM_OPS, PCM_ARGS, REPCONV_PARTS (REPCONV_GRAPH_PARTS for repconv-graph),
 #     REPCONV_ARGS and the *_TIMEOUT seconds.
 # Files back (at most 8): summary.txt, build.log, pytest.log, pcm.log, repconv.log, results.tar.
 set -uo pipefail
 OUT=${OUT:-/tmp/provg-gpu}
-STEPS=${*:-tests pcm repconv}
+STEPS=${*:-tests pcm-graph pcm repconv-graph repconv}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
