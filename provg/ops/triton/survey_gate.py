@@ -172,9 +172,9 @@ def _backward_kernel(
 
 
 def _config(x: Tensor, keys: int, width: int) -> dict:
-    # NOTE: tiles and warps chosen so that nothing spills to the stack on sm_90 (tests/
-    # triton_compile_check.py lists spills): at 4 warps the backward's 64 × 64 float32 tiles put 7.7 KB
-    # per thread on the stack; 16-bit inputs need the narrower channel tile besides.
+    # NOTE: tiles and warps chosen so that nothing spills to the stack on sm_90 (as listed by
+    # tests/triton_compile_check.py): at 4 warps the backward's 64 × 64 float32 tiles put 7.7 KB per
+    # thread on the stack; 16-bit inputs need the narrower channel tile besides.
     block_n = next_power_of_2(keys, 16)
     block_d = min(32 if x.element_size() == 2 else 64, next_power_of_2(width, 16))
     block_p = 64 if block_n <= 32 else 32

@@ -7,7 +7,8 @@ batch item, computed inside the kernels that need it instead of as a chain of sm
 operations (each a launch and a host round of its own, which cost more than the whole gate on a GPU):
 the forward's scaling kernel recomputes the gate of its channels and writes y = x·gate; the backward's
 attention kernel (one program per batch item) writes the gate, the shift dmean/P and the token
-gradients, and the scaling kernel writes dx = grad·gate + shift. Forward: 3 launches; backward: 5.
+gradients, and the scaling kernel writes dx = grad·gate + shift. Forward: 3 launches; backward: 5
+(float32).
 """
 
 from __future__ import annotations
