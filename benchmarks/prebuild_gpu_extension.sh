@@ -12,11 +12,13 @@ WORK=${PREBUILD_DIR:-/tmp/provg-prebuild-$TORCH_VERSION}
 CUDA_HOME=${CUDA_HOME:-$(ls -d /usr/local/cuda-13.0 /usr/local/cuda 2>/dev/null | head -1)}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$WORK"
-if [ ! -x "$WORK/venv/bin/python" ]; then
-  "$PYTHON" -m venv "$WORK/venv"
-  # setuptools as pinned for the project: an older one rejects pyproject.toml's license field.
+if ! "$WORK/venv/bin/python" -c "import torch" 2>/dev/null; then
+  [ -x "$WORK/venv/bin/python" ] || "$PYTHON" -m venv "$WORK/venv"
+  "$WORK/venv/bin/python" -m pip install -q "torch==$TORCH_VERSION" numpy ninja
+  # setuptools as pinned for the project, installed on its own: torch 2.11 asks for setuptools < 82, which
+  # rejects pyproject.toml's license field (pip warns about the conflict; the build needs the newer one).
   setuptools=$(grep -i '^setuptools==' "$ROOT/requirements.txt" | head -1 || true)
-  "$WORK/venv/bin/python" -m pip install -q "torch==$TORCH_VERSION" "${setuptools:-setuptools}" numpy ninja
+  "$WORK/venv/bin/python" -m pip install -q "${setuptools:-setuptools}" 2>&1 | grep -v "dependency conflicts\|requires setuptools" || true
 fi
 version=$("$WORK/venv/bin/python" -c "import torch; print(torch.__version__)")
 echo "building provg._C against torch $version for sm_${ARCH/./} (CUDA_HOME=$CUDA_HOME)"
