@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 {
-  log "$(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+  echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
   python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, \
 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.is_available())"
 } 2>&1 | tee -a "$OUT/summary.txt"
