@@ -172,11 +172,11 @@ def _backward_kernel(
 
 
 def _config(x: Tensor, keys: int, width: int) -> dict:
-    # NOTE: tiles and warps chosen so that nothing spills to the stack on sm_90 (as listed by
-    # tests/triton_compile_check.py): at 4 warps the backward's 64 × 64 float32 tiles put 7.7 KB per
-    # thread on the stack; 16-bit inputs need the narrower channel tile besides.
+    # NOTE: tiles and warps chosen so that nothing spills to the stack on sm_90 with Triton 3.6 or 3.8
+    # (as listed by tests/triton_compile_check.py): at 4 warps and 64 × 64 tiles the backward put 7.7 KB
+    # per thread on the stack.
     block_n = next_power_of_2(keys, 16)
-    block_d = min(32 if x.element_size() == 2 else 64, next_power_of_2(width, 16))
+    block_d = min(32, next_power_of_2(width, 16))
     block_p = 64 if block_n <= 32 else 32
     return dict(
         ACC=acc_dtype(x.dtype),
