@@ -2,8 +2,9 @@
 
 The Triton interpreter (how CI runs the kernels on CPU tensors) executes the kernels' Python, but not
 Triton's compiler: its type checks, constexpr handling and lowering to PTX and machine code. A kernel can
-pass every interpreter test and still fail to compile on a GPU (seen with Triton 3.6: an early
-``return`` inside a constexpr branch, a string default of a constexpr parameter). This script drives
+pass every interpreter test and still fail to compile on a GPU (seen on an H100 with Triton 3.6: an
+early ``return`` inside a constexpr branch, which 3.8 refuses too, and a string default of a constexpr
+parameter). This script drives
 each op's Triton wrappers on CPU tensors with a stand-in driver that reports a CUDA target, so each
 launch compiles its kernel with the real compiler (through ``ptxas``, shipped with Triton) and launches
 nothing. It covers the dtypes and block configurations the wrappers pick for float32, bfloat16 and
@@ -13,8 +14,8 @@ float64 at small and model-sized shapes.
 
 Prints one line per (op, case) and exits non-zero if any kernel fails to compile; then lists the
 float32 and bfloat16 kernels whose compiled code keeps values on the stack (register spills, read with
-cuobjdump). Must run without
-``TRITON_INTERPRET=1`` (tests/test_triton_compiles.py runs it in a subprocess).
+cuobjdump). Must run without ``TRITON_INTERPRET=1`` (tests/test_triton_compiles.py runs it in a
+subprocess).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import torch
 def install_compile_only_driver(arch: int) -> None:
     """Make Triton believe a CUDA device of compute capability ``arch`` is current, and compile instead
     of launching (JITFunction.run with warmup=True)."""
-    import triton
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
@@ -60,13 +60,12 @@ def install_compile_only_driver(arch: int) -> None:
         return kernel
 
     JITFunction.run = compile_only
-    assert triton.__version__
 
 
 COMPILED: list = []  # (kernel name, compiled kernel) of the launches of the current case
 
 
-def stack_bytes(kernel) -> tuple[int, int]:
+def resource_usage(kernel) -> tuple[int, int]:
     """(registers, stack bytes) per thread of a compiled kernel, from cuobjdump (shipped with Triton).
 
     A stack means the compiler ran out of registers and keeps values in local memory, which a
@@ -154,11 +153,11 @@ def cases():
             for shape in ((2, 6, 7, 2, False), (8, 256, 30, 2, True), (3, 96, 15, 3, True)):
                 for name, thunk in tail(dtype, *shape[:4], training, shape[4]):
                     yield f"{name} {tag} training={training} {shape[:4]}", thunk
-        for precision in (True, False) if dtype == torch.float32 else (False,):
+        for tf32 in (True, False) if dtype == torch.float32 else (False,):
             for shape in ((1, 5, 7, 9, True), (8, 256, 256, 30, False), (8, 256, 256, 30, True)):
-                torch.backends.cudnn.allow_tf32 = precision
+                torch.backends.cudnn.allow_tf32 = tf32
                 for name, thunk in conv(dtype, *shape):
-                    yield f"{name} {tag} allow_tf32={precision} {shape}", thunk
+                    yield f"{name} {tag} allow_tf32={tf32} {shape}", thunk
 
 
 def main() -> int:
@@ -180,7 +179,7 @@ def main() -> int:
             thunk()
             if "float64" not in name:  # float64 runs without tl.dot, on wide multiply-and-sum tiles
                 for kernel_name, kernel in COMPILED:
-                    registers, stack = stack_bytes(kernel)
+                    registers, stack = resource_usage(kernel)
                     if stack:
                         spills.append(f"{name}: {kernel_name} {registers} registers, {stack} stack bytes")
         except Exception as error:  # every failure is reported, then the run fails
