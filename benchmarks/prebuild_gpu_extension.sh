@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build provg._C with its CUDA sources here, against the torch of the lent GPU machine, into .gpu/ (which
 # benchmarks/gpu_check.sh installs when the torch versions match): the device then spends seconds, not
-# minutes, on the extension. Needs PyPI, nvcc (CUDA_HOME) and about 5 minutes on 2 cores.
+# minutes, on the extension; then compiles every Triton kernel with the Triton that torch brings (the
+# device's), which can refuse what the pinned one accepts. Needs PyPI, nvcc (CUDA_HOME) and about 7
+# minutes on 2 cores.
 #   bash benchmarks/prebuild_gpu_extension.sh [torch version, default 2.11.0] [arch, default 9.0]
 # The device's torch version is in KINDS.md of the device tool or in gpu_check.sh's first output line.
 set -euo pipefail
@@ -30,3 +32,8 @@ mkdir -p .gpu
 strip --strip-debug -o .gpu/_C.abi3.so "$WORK/lib/provg/_C.abi3.so"
 printf '%s' "$version" >.gpu/_C.torch-version
 echo "wrote .gpu/_C.abi3.so ($(du -h .gpu/_C.abi3.so | cut -f1)) for torch $version"
+# The device's torch brings its own Triton, whose compiler may refuse what the pinned one accepts (3.6
+# failed on a string default that 3.8 takes): compile every kernel with it now, before device time.
+triton=$("$WORK/venv/bin/python" -c "import triton; print(triton.__version__)")
+echo "compiling every Triton kernel for sm_${ARCH/./} with Triton $triton (the device's)"
+PYTHONPATH=$ROOT "$WORK/venv/bin/python" tests/triton_compile_check.py --arch "${ARCH/./}" | grep -v '^ok '
