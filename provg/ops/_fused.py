@@ -79,16 +79,11 @@ class FusedGate:
 
         def setup_context(ctx, inputs, output):
             *tensors, backend = inputs
-            ctx.save_for_backward(*[t for t in tensors if isinstance(t, Tensor)])
-            ctx.others = [None if isinstance(t, Tensor) else t for t in tensors]
-            ctx.backend = backend
+            _save_inputs(ctx, tensors, backend)
 
         def autograd_backward(ctx, grad):
-            saved = iter(ctx.saved_tensors)
-            inputs = [next(saved) if other is None else other for other in ctx.others]
-            computed = differentiable_once(name, self.backward_op(grad, *inputs, ctx.backend))
-            grads = dict(zip(self.differentiable, computed))
-            return (*(grads.get(n) for n in self.names), None)
+            computed = differentiable_once(name, self.backward_op(grad, *_saved_inputs(ctx), ctx.backend))
+            return (*_per_input(self.names, self.differentiable, computed), None)
 
         torch.library.register_autograd(qualified, autograd_backward, setup_context=setup_context)
         self.eager = _eager_function(name, self.names, self.differentiable, forward, backward)
@@ -99,6 +94,25 @@ class FusedGate:
         return self.eager.apply(backend, *inputs)
 
 
+def _save_inputs(ctx, inputs: Sequence, backend: str) -> None:
+    """Keep a call's inputs for its backward: tensors through ``save_for_backward``, the rest as they are."""
+    ctx.backend = backend
+    ctx.save_for_backward(*[t for t in inputs if isinstance(t, Tensor)])
+    ctx.others = [None if isinstance(t, Tensor) else t for t in inputs]
+
+
+def _saved_inputs(ctx) -> list:
+    """The inputs `_save_inputs` kept, in call order."""
+    saved = iter(ctx.saved_tensors)
+    return [next(saved) if other is None else other for other in ctx.others]
+
+
+def _per_input(names: Sequence[str], differentiable: Sequence[str], computed: Sequence) -> list:
+    """The backward's gradients (``differentiable`` order) placed at their inputs; None elsewhere."""
+    grads = dict(zip(differentiable, computed))
+    return [grads.get(n) for n in names]
+
+
 def _eager_function(
     name: str,
     names: Sequence[str],
@@ -107,25 +121,17 @@ def _eager_function(
     backward: Callable[..., tuple[Tensor, ...]],
 ) -> type[torch.autograd.Function]:
     """The gate as a `torch.autograd.Function` over its kernels, for eager calls."""
-    slots = [names.index(n) for n in differentiable]
 
     class Gate(torch.autograd.Function):
         @staticmethod
         def forward(ctx, backend: str, *inputs):
-            ctx.backend = backend
-            ctx.save_for_backward(*[t for t in inputs if isinstance(t, Tensor)])
-            ctx.others = [None if isinstance(t, Tensor) else t for t in inputs]
+            _save_inputs(ctx, inputs, backend)
             return forward(backend, *inputs)
 
         @staticmethod
         def backward(ctx, grad):
-            saved = iter(ctx.saved_tensors)
-            inputs = [next(saved) if other is None else other for other in ctx.others]
-            computed = differentiable_once(name, backward(ctx.backend, grad, *inputs))
-            grads = [None] * len(inputs)
-            for slot, gradient in zip(slots, computed):
-                grads[slot] = gradient
-            return (None, *grads)
+            computed = differentiable_once(name, backward(ctx.backend, grad, *_saved_inputs(ctx)))
+            return (None, *_per_input(names, differentiable, computed))
 
     Gate.__name__ = Gate.__qualname__ = f"{name}_eager"
     return Gate
