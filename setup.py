@@ -69,6 +69,7 @@ def _extensions() -> tuple[list, dict]:
     )
     sources = [
         "csrc/ops.cpp",
+        "csrc/gate_autograd.cpp",
         "csrc/rep_bn_add_silu_autograd.cpp",
         "csrc/python_module.cpp",
         *sorted(glob.glob("csrc/cpu/*.cpp")),

@@ -1,6 +1,6 @@
 // Schemas of the operators in the `provg` library namespace. Kernels register themselves per device
-// in csrc/cpu/ and csrc/cuda/; autograd and fake (meta) kernels are registered from Python, except
-// rep_bn_add_silu_eager's autograd (C++, csrc/rep_bn_add_silu_autograd.cpp).
+// in csrc/cpu/ and csrc/cuda/; autograd and fake (meta) kernels are registered from Python, except the
+// eager entry points' autograd (C++: csrc/gate_autograd.cpp, csrc/rep_bn_add_silu_autograd.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY(provg, m) {
@@ -18,6 +18,10 @@ TORCH_LIBRARY(provg, m) {
   m.def(
       "verify_gate_backward(Tensor grad, Tensor x, Tensor k, Tensor v, Tensor key_mask, Tensor w_q) -> "
       "(Tensor dx, Tensor dk, Tensor dv, Tensor dw_q)");
+  // Their eager entry points, with the autograd node in C++ (csrc/gate_autograd.cpp).
+  m.def("survey_gate_eager(Tensor x, Tensor q, Tensor k, Tensor v, Tensor key_mask, int heads) -> Tensor");
+  m.def("locate_gate_eager(Tensor x, Tensor w, Tensor b, Tensor k, Tensor v, Tensor key_mask) -> Tensor");
+  m.def("verify_gate_eager(Tensor x, Tensor k, Tensor v, Tensor key_mask, Tensor w_q) -> Tensor");
   // RepVGG block (Sec. 4.3): the training-mode fused tail SiLU(Σ_i BN_i(x_i)) and the deploy-mode
   // convolution SiLU(conv3×3(x) + b) [+ r]: the kernels behind provg.ops.{rep_bn_add_silu,conv3x3_bias_silu}.
   m.def(

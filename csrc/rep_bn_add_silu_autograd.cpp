@@ -11,7 +11,6 @@
 // In training with running statistics, running = (1 − m)·running + m·batch, with the unbiased batch
 // variance, as torch.nn.BatchNorm2d updates them.
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -19,6 +18,8 @@
 #include <ATen/ops/stack.h>
 
 #include <vector>
+
+#include "differentiable_once.h"
 
 namespace provg {
 namespace {
@@ -118,21 +119,7 @@ struct RepBnAddSiluFunction : public torch::autograd::Function<RepBnAddSiluFunct
       }
     }
     out.resize(out.size() + 4);  // mean, var, use_batch, eps: no gradient
-    return once_differentiable(std::move(out));
-  }
-
-  // The kernels have no derivative of their own. Under create_graph=True the gradients are returned
-  // behind a node that raises if they are differentiated again (what Python's @once_differentiable
-  // does), instead of silently carrying no graph.
-  static variable_list once_differentiable(variable_list gradients) {
-    if (!at::GradMode::is_enabled()) return gradients;
-    for (at::Tensor& g : gradients)
-      if (g.defined()) g = g.detach().requires_grad_(true);
-    auto error = std::make_shared<torch::autograd::DelayedError>(
-        "rep_bn_add_silu: the fused kernels are differentiable once; a second derivative (through "
-        "create_graph=True) needs backend='torch'",
-        static_cast<int64_t>(gradients.size()));
-    return (*error)(std::move(gradients));
+    return differentiable_once("rep_bn_add_silu", std::move(out));
   }
 };
 

@@ -185,6 +185,40 @@ def test_fused_gates_are_differentiable_once(backend, op):
         sum(g.square().sum() for g in grads[backend]).backward()
 
 
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_eager_cpp_calls_take_the_cpp_autograd_node(op):
+    """Eager cpp calls go through provg::<gate>_eager (the autograd node in C++, no Python frame in the
+    backward): its gradients for any subset of inputs, and its values under no_grad and inference mode,
+    are the reference's."""
+    args, grad_indices = make(op, (2, 9, 6, 4, 2), torch.float64, seed=11)
+    want = REFERENCE[op](*args)
+    leaves, out = call(op, args, grad_indices, "cpp")
+    assert out.grad_fn.name().startswith("torch::autograd::CppNode<"), out.grad_fn.name()
+    for subset in ([grad_indices[0]], grad_indices[1:]):
+        fused_leaves, fused = call(op, args, subset, "cpp")
+        ref_leaves, ref = call(op, args, subset, "reference")
+        upstream = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        got = torch.autograd.grad(fused, fused_leaves, upstream)
+        for g, w in zip(got, torch.autograd.grad(ref, ref_leaves, upstream)):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        no_grad = FUSED[op](*leaves_or(args, leaves, grad_indices), backend="cpp")
+    with torch.inference_mode():
+        inference = FUSED[op](*args, backend="cpp")
+    for got in (out, no_grad, inference):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert no_grad.grad_fn is None and inference.grad_fn is None
+
+
+def leaves_or(args, leaves, grad_indices):
+    """``args`` with the leaves that require gradients in their places."""
+    full = list(args)
+    for i, leaf in zip(grad_indices, leaves):
+        full[i] = leaf
+    return full
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_empty_batch(backend):
     for op in ("survey", "locate", "verify"):

@@ -6,11 +6,12 @@ kernels so `torch.compile(fullgraph=True)` traces through them, and wires the ba
 the forward's autograd formula. The ``backend`` argument picks the kernels ("cpp", "cuda", "triton");
 the PyTorch reference never goes through these operators.
 
-Outside `torch.compile` and `torch.export` a call skips the operator layer: a `torch.autograd.Function`
-calls the same kernels with the same backward. The Python operator's dispatch and autograd layer cost
-more host time than a gate's kernels at the model's small stages (a forward+backward of a toy-sized
-gate on one CPU core: 164 µs through the operator, 105 µs without), and on a GPU at batch 8 host time
-is most of a call. Compilers and exporters keep the operators, whose fake kernels they trace.
+Outside `torch.compile` and `torch.export` a call skips the operator layer. The C++ and CUDA kernels
+go through ``provg::<name>_eager``, whose autograd node is C++ (csrc/gate_autograd.cpp); the Triton
+kernels through a `torch.autograd.Function` with the same backward. The Python operator's dispatch and
+autograd layer cost more host time than a gate's kernels at the model's small stages, and on a GPU at
+batch 8 host time is most of a call. Compilers and exporters keep the operators, whose fake kernels
+they trace.
 """
 
 from __future__ import annotations
@@ -87,11 +88,17 @@ class FusedGate:
 
         torch.library.register_autograd(qualified, autograd_backward, setup_context=setup_context)
         self.eager = _eager_function(name, self.names, self.differentiable, forward, backward)
+        self.name = name
+        self._native = None  # provg::<name>_eager, looked up once the extension is loaded
 
     def __call__(self, *inputs, backend: str) -> Tensor:
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return self.op(*inputs, backend)
-        return self.eager.apply(backend, *inputs)
+        if backend == "triton":
+            return self.eager.apply(backend, *inputs)
+        if self._native is None:  # cpp or cuda: the extension with these kernels defines the entry point
+            self._native = getattr(torch.ops.provg, f"{self.name}_eager").default
+        return self._native(*inputs)
 
 
 def _save_inputs(ctx, inputs: Sequence, backend: str) -> None:
