@@ -1,7 +1,7 @@
 // CUDA kernels of provg::verify_gate_{forward,backward} (Eq. 5–7). Column reductions over blocks of
-// positions give the channel means (forward) and Σ_p grad·x (backward); the per-channel attention over
-// the attribute tokens (C × N per batch item) runs as ATen operations; a scaling kernel writes
-// y = x·gate or dx = grad·gate + dmean/P.
+// positions give the channel sums Σ_p x (forward) and Σ_p grad·x (backward); one thread per channel runs
+// the attention over the attribute tokens in registers (and, backward, its gradient, with per-channel
+// terms summed afterwards); a scaling kernel writes y = x·gate or dx = grad·gate + dmean/P.
 #include <torch/library.h>
 
 #include "../gates.h"
@@ -41,69 +41,147 @@ at::Tensor scale_rows(const at::Tensor& a, const at::Tensor& scale, const at::Te
   return out;
 }
 
-struct ChannelAttention {
-  at::Tensor query, weights, gate;  // (B, C), (B, C, N), (B, C)
-};
-
-ChannelAttention channel_attention(const at::Tensor& means, const at::Tensor& k, const at::Tensor& v,
-                                   const at::Tensor& mask, const at::Tensor& w_q) {
-  const auto acc = means.scalar_type();
-  at::Tensor query = w_q.to(acc).reshape({}) * means;
-  at::Tensor valid = mask.unsqueeze(1);
-  at::Tensor scores = (query.unsqueeze(2) * k.to(acc).unsqueeze(1)).masked_fill(valid.logical_not(), -INFINITY);
-  at::Tensor top = std::get<0>(scores.max(2, true));
-  top = at::where(at::isinf(top), at::zeros_like(top), top);
-  at::Tensor e = at::exp(scores - top) * valid;
-  at::Tensor total = e.sum(2, true);
-  at::Tensor weights = e / at::where(total == 0, at::ones_like(total), total);
-  at::Tensor gate = at::sigmoid((weights * v.to(acc).unsqueeze(1)).sum(2));
-  return {query, weights, gate};
+// The gate of one channel from its mean: fills the attention weights w and returns σ(Σ_n w_n·v_n).
+template <typename scalar_t, typename acc_t, int MAX_N>
+__device__ __forceinline__ acc_t channel_gate(acc_t query, const scalar_t* keys, const scalar_t* values,
+                                              const bool* valid, int N, acc_t (&w)[MAX_N]) {
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n) w[n] = n < N ? query * static_cast<acc_t>(keys[n]) : acc_t(0);
+  masked_softmax<acc_t, MAX_N>(w, valid, N);
+  acc_t attention = acc_t(0);
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) attention += w[n] * static_cast<acc_t>(values[n]);
+  return sigmoid(attention);
 }
+
+// One thread per (b, c): gate[b, c] from the channel sum Σ_p x.
+template <typename scalar_t, typename acc_t, int MAX_N>
+__global__ void verify_gate_values_kernel(const acc_t* __restrict__ sums,  // (B, C)
+                                          const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
+                                          const bool* __restrict__ mask, const scalar_t* __restrict__ w_q,
+                                          acc_t* __restrict__ gate,  // (B, C)
+                                          int64_t B, int64_t P, int64_t C, int N) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B * C) return;
+  const int64_t b = i / C;
+  const acc_t query = static_cast<acc_t>(w_q[0]) * (sums[i] / static_cast<acc_t>(P));
+  acc_t w[MAX_N];
+  gate[i] = channel_gate<scalar_t, acc_t, MAX_N>(query, k + b * N, v + b * N, mask + b * N, N, w);
+}
+
+// One thread per (b, c): the attention's backward from the channel sums Σ_p x and Σ_p grad·x. Writes the
+// gate and the shift w_q·dquery/P of dx = grad·gate + shift, and per-channel terms whose sums over the
+// channels are dk, dv and dw_q (summed afterwards: no atomics, deterministic).
+template <typename scalar_t, typename acc_t, int MAX_N>
+__global__ void verify_gate_values_backward_kernel(
+    const acc_t* __restrict__ sums, const acc_t* __restrict__ products,  // (B, C) each
+    const scalar_t* __restrict__ k, const scalar_t* __restrict__ v, const bool* __restrict__ mask,
+    const scalar_t* __restrict__ w_q, acc_t* __restrict__ gate, acc_t* __restrict__ shift,  // (B, C) each
+    acc_t* __restrict__ dk_terms, acc_t* __restrict__ dv_terms,                             // (B, C, N) each
+    acc_t* __restrict__ dwq_terms,                                                          // (B, C)
+    int64_t B, int64_t P, int64_t C, int N) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B * C) return;
+  const int64_t b = i / C;
+  const acc_t wq = static_cast<acc_t>(w_q[0]);
+  const acc_t mean = sums[i] / static_cast<acc_t>(P);
+  const acc_t query = wq * mean;
+  const scalar_t* keys = k + b * N;
+  const scalar_t* values = v + b * N;
+  acc_t w[MAX_N];
+  const acc_t g = channel_gate<scalar_t, acc_t, MAX_N>(query, keys, values, mask + b * N, N, w);
+  const acc_t dattention = products[i] * g * (acc_t(1) - g);
+  acc_t dot = acc_t(0);
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) dot += w[n] * dattention * static_cast<acc_t>(values[n]);
+  acc_t dquery = acc_t(0);
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n) {
+    if (n >= N) continue;
+    const acc_t ds = w[n] * (dattention * static_cast<acc_t>(values[n]) - dot);
+    dquery += ds * static_cast<acc_t>(keys[n]);
+    dk_terms[i * N + n] = ds * query;
+    dv_terms[i * N + n] = w[n] * dattention;
+  }
+  gate[i] = g;
+  shift[i] = wq * dquery / static_cast<acc_t>(P);
+  dwq_terms[i] = dquery * mean;
+}
+
+inline int blocks_for(int64_t threads) { return static_cast<int>((threads + kThreads - 1) / kThreads); }
 
 void check(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
            const at::Tensor& w_q) {
   TORCH_CHECK(x.is_cuda() && k.is_cuda() && v.is_cuda() && mask.is_cuda() && w_q.is_cuda(),
               "verify_gate_cuda: all inputs must be CUDA tensors");
-  TORCH_CHECK(x.dim() == 3 && k.dim() == 2 && v.sizes() == k.sizes() && w_q.numel() == 1,
+  TORCH_CHECK(x.dim() == 3 && k.dim() == 2 && k.size(0) == x.size(0) && v.sizes() == k.sizes() &&
+                  w_q.numel() == 1,
               "verify_gate_cuda: x (B, P, C), k, v (B, N), w_q scalar expected");
-  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2 && mask.size(1) == k.size(1),
+  for (const at::Tensor* t : {&k, &v, &w_q})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), "verify_gate_cuda: all inputs must share x's dtype ",
+                x.scalar_type());
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.sizes() == k.sizes(),
               "verify_gate_cuda: key_mask must be bool (B, N)");
+  TORCH_CHECK(k.size(1) <= 64, "verify_gate_cuda: at most 64 language tokens, got ", k.size(1));
 }
 
 }  // namespace
 
-at::Tensor verify_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& k, const at::Tensor& v,
-                                    const at::Tensor& mask, const at::Tensor& w_q) {
-  check(x_, k, v, mask, w_q);
+at::Tensor verify_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& k_, const at::Tensor& v_,
+                                    const at::Tensor& mask_, const at::Tensor& w_q_) {
+  check(x_, k_, v_, mask_, w_q_);
   const c10::cuda::CUDAGuard guard(x_.device());
-  at::Tensor x = x_.contiguous();
+  auto x = x_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), mask = mask_.contiguous();
+  auto w_q = w_q_.contiguous();
   if (x.numel() == 0) return at::empty_like(x);
-  at::Tensor means = column_sums(x, nullptr, nullptr) / static_cast<double>(x.size(1));
-  return scale_rows(x, channel_attention(means, k, v, mask, w_q).gate.contiguous(), nullptr);
+  const int64_t B = x.size(0), P = x.size(1), C = x.size(2);
+  const int N = static_cast<int>(k.size(1));
+  const at::Tensor sums = column_sums(x, nullptr, nullptr);
+  at::Tensor gate = at::empty_like(sums);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "verify_gate_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    PROVG_DISPATCH_KEYS(N, [&] {
+      verify_gate_values_kernel<scalar_t, acc_t, MAX_N><<<blocks_for(B * C), kThreads, 0,
+                                                         c10::cuda::getCurrentCUDAStream()>>>(
+          sums.const_data_ptr<acc_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+          mask.const_data_ptr<bool>(), w_q.const_data_ptr<scalar_t>(), gate.data_ptr<acc_t>(), B, P, C, N);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return scale_rows(x, gate, nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_gate_backward_cuda(
-    const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-    const at::Tensor& w_q) {
-  check(x_, k, v, mask, w_q);
+    const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& k_, const at::Tensor& v_,
+    const at::Tensor& mask_, const at::Tensor& w_q_) {
+  check(x_, k_, v_, mask_, w_q_);
   const c10::cuda::CUDAGuard guard(x_.device());
-  at::Tensor x = x_.contiguous(), grad = grad_.contiguous().to(x_.scalar_type());
+  auto x = x_.contiguous(), grad = grad_.contiguous().to(x_.scalar_type()), k = k_.contiguous();
+  auto v = v_.contiguous(), mask = mask_.contiguous(), w_q = w_q_.contiguous();
   if (x.numel() == 0) return {at::empty_like(x), at::zeros_like(k), at::zeros_like(v), at::zeros_like(w_q)};
-  const double positions = static_cast<double>(x.size(1));
-  at::Tensor means = column_sums(x, nullptr, nullptr) / positions;
-  at::Tensor products = column_sums(grad, &x, nullptr);  // Σ_p grad · x
-  ChannelAttention att = channel_attention(means, k, v, mask, w_q);
-  const auto acc = means.scalar_type();
-  at::Tensor dattention = products * att.gate * (1 - att.gate);
-  at::Tensor dweights = dattention.unsqueeze(2) * v.to(acc).unsqueeze(1);
-  at::Tensor dscores = att.weights * (dweights - (att.weights * dweights).sum(2, true));
-  at::Tensor dquery = (dscores * k.to(acc).unsqueeze(1)).sum(2);
-  at::Tensor dk = (dscores * att.query.unsqueeze(2)).sum(1);
-  at::Tensor dv = (att.weights * dattention.unsqueeze(2)).sum(1);
-  at::Tensor dw_q = (dquery * means).sum();
-  at::Tensor shift = (w_q.to(acc).reshape({}) * dquery / positions).contiguous();
-  at::Tensor dx = scale_rows(grad, att.gate.contiguous(), &shift);
-  return {dx, dk.to(k.scalar_type()), dv.to(v.scalar_type()), dw_q.reshape(w_q.sizes()).to(w_q.scalar_type())};
+  const int64_t B = x.size(0), P = x.size(1), C = x.size(2);
+  const int N = static_cast<int>(k.size(1));
+  const at::Tensor sums = column_sums(x, nullptr, nullptr);
+  const at::Tensor products = column_sums(grad, &x, nullptr);  // Σ_p grad · x
+  at::Tensor gate = at::empty_like(sums), shift = at::empty_like(sums), dwq_terms = at::empty_like(sums);
+  at::Tensor dk_terms = at::empty({B, C, N}, sums.options()), dv_terms = at::empty({B, C, N}, sums.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "verify_gate_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    PROVG_DISPATCH_KEYS(N, [&] {
+      verify_gate_values_backward_kernel<scalar_t, acc_t, MAX_N><<<blocks_for(B * C), kThreads, 0,
+                                                                  c10::cuda::getCurrentCUDAStream()>>>(
+          sums.const_data_ptr<acc_t>(), products.const_data_ptr<acc_t>(), k.const_data_ptr<scalar_t>(),
+          v.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(), w_q.const_data_ptr<scalar_t>(),
+          gate.data_ptr<acc_t>(), shift.data_ptr<acc_t>(), dk_terms.data_ptr<acc_t>(), dv_terms.data_ptr<acc_t>(),
+          dwq_terms.data_ptr<acc_t>(), B, P, C, N);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  at::Tensor dx = scale_rows(grad, gate, &shift);
+  return {dx, dk_terms.sum(1).to(k.scalar_type()), dv_terms.sum(1).to(v.scalar_type()),
+          dwq_terms.sum().reshape(w_q.sizes()).to(w_q.scalar_type())};
 }
 
 TORCH_LIBRARY_IMPL(provg, CUDA, m) {
