@@ -11,6 +11,7 @@ next to a measured copy bandwidth. Prints a table and appends rows to benchmarks
     python benchmarks/bench_pcm.py --stages 1 --batch 1 --ops survey
     python benchmarks/bench_pcm.py --ops survey --valid 4   # a short expression: 4 of 20 tokens valid
     python benchmarks/bench_pcm.py --graph         # GPU: replays of CUDA graphs, the device time alone
+    python benchmarks/bench_pcm.py --toy           # a 4 x 8 gate: each provider's host cost per call
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from provg.ops.verify_gate import verify_gate_reference
 from common import append_csv, graphed, interleaved_ms, median_ms, print_table, use_side_stream
 
 STAGES = {1: (120 * 120, 128), 2: (60 * 60, 256), 3: (30 * 30, 512), 4: (15 * 15, 1024)}
+TOY = (4, 8)  # positions, channels: a call whose kernels cost next to nothing
 TOKENS, VALID = 20, 15
 # Large tensors read + written per (B·P·C) element: (forward, backward).
 TRAFFIC = {"survey": (3, 5), "locate": (2, 3), "verify": (2, 3)}
@@ -176,7 +178,15 @@ def main() -> None:
         action="store_true",
         help="CUDA only: time replays of CUDA graphs of each call, i.e. the device's work without the host's",
     )
+    parser.add_argument(
+        "--toy",
+        action="store_true",
+        help=f"time a {TOY[0]}-position, {TOY[1]}-channel gate instead of the stages: what a call costs the "
+        "host (Python, dispatch, autograd) with each provider",
+    )
     args = parser.parse_args()
+    if args.toy and args.stages:
+        parser.error("--toy replaces the stage shapes; leave out --stages")
     if not 0 <= args.valid <= TOKENS:
         parser.error(f"--valid must be between 0 and {TOKENS}, got {args.valid}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -186,6 +196,7 @@ def main() -> None:
         use_side_stream()
     dtype = getattr(torch, args.dtype)
     stages = args.stages or ([1, 2, 3, 4] if device.type == "cuda" else [1, 2])
+    shapes = {"toy": TOY} if args.toy else {stage: STAGES[stage] for stage in stages}
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
     backends = [b for b in ("cpp", "triton", "cuda") if available_backends()[b]]
     backends = [b for b in backends if (b == "cpp") == (device.type == "cpu")]
@@ -210,8 +221,7 @@ def main() -> None:
         fused, reference = functions(op)
         # One compilation per gate for all shapes (dynamic shapes), to keep the benchmark short.
         compiled = torch.compile(reference, dynamic=True) if not args.no_compile else None
-        for stage in stages:
-            positions, channels = STAGES[stage]
+        for stage, (positions, channels) in shapes.items():
             for batch in batches:
                 inputs, grads = make_inputs(op, batch, positions, channels, device, dtype, args.valid)
                 providers = {"eager": reference}
@@ -222,7 +232,12 @@ def main() -> None:
                 timings = time_providers(providers, inputs, grads, device, args.repeat, args.graph)
                 size = batch * positions * channels * inputs[0].element_size()
                 for name, (fwd, bwd, both) in timings.items():
-                    bandwidth = TRAFFIC[op][0] * size / (fwd / 1000) / 1e9 if fwd is not None else None
+                    # NOTE: a toy call moves a few hundred bytes: no bandwidth to speak of.
+                    bandwidth = (
+                        TRAFFIC[op][0] * size / (fwd / 1000) / 1e9
+                        if fwd is not None and not args.toy
+                        else None
+                    )
                     rows.append(
                         [
                             op if args.valid == VALID else f"{op} ({args.valid}/{TOKENS} valid)",

@@ -4,9 +4,10 @@
 # slow step cannot eat the others' results; the benchmarks run one op or part per process for the same
 # reason.
 #   device run: bash benchmarks/gpu_check.sh [steps...]
-#     steps: tests pcm pcm-graph repconv repconv-graph forward mask (default: tests pcm-graph pcm
-#     repconv-graph repconv, about 7 minutes on an H100 with the extension carried); the -graph steps time
-#     replays of CUDA graphs (the device's work without the host's).
+#     steps: tests pcm pcm-graph pcm-toy repconv repconv-graph forward mask (default: tests pcm-toy
+#     pcm-graph pcm repconv-graph repconv, about 8 minutes on an H100 with the extension carried); the
+#     -graph steps time replays of CUDA graphs (the device's work without the host's), pcm-toy a 4 × 8
+#     gate (each provider's host cost per call).
 #   Before it, here: bash benchmarks/prebuild_gpu_extension.sh (the device's torch), so the device skips
 #   the CUDA compile (100 s there), and carry .gpu.
 #     Knobs: TEST_FILES, PCM_OPS, PCM_ARGS, REPCONV_PARTS (REPCONV_GRAPH_PARTS for repconv-graph),
@@ -14,7 +15,7 @@
 # Files back (at most 8): summary.txt, build.log, pytest.log, pcm.log, repconv.log, results.tar.
 set -uo pipefail
 OUT=${OUT:-/tmp/provg-gpu}
-STEPS=${*:-tests pcm-graph pcm repconv-graph repconv}
+STEPS=${*:-tests pcm-toy pcm-graph pcm repconv-graph repconv}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
@@ -73,6 +74,10 @@ for step in $STEPS; do
         timeout ${PCM_TIMEOUT:-120} python3 benchmarks/bench_pcm.py --ops "$op" $graph ${PCM_ARGS:---repeat 20} 2>&1 \
           | tee -a "$OUT/pcm.log" | tail -22 | tee -a "$OUT/summary.txt"
       done ;;
+    pcm-toy)
+      log "PCM gates at a toy shape (GPU, B = 8): host cost per call"
+      timeout ${PCM_TIMEOUT:-120} python3 benchmarks/bench_pcm.py --toy --repeat 100 2>&1 \
+        | tee -a "$OUT/pcm.log" | tail -16 | tee -a "$OUT/summary.txt" ;;
     repconv | repconv-graph)
       graph=$([ "$step" = repconv-graph ] && echo --graph)
       parts=${REPCONV_PARTS:-tail kernels conv}
