@@ -40,20 +40,20 @@ class Kernel {
   c10::TypedOperatorHandle<Signature> op_;
 };
 
-using T = const at::Tensor&;
+using Arg = const at::Tensor&;  // a tensor argument
 using Grad4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Grad5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 struct SurveyGate : public torch::autograd::Function<SurveyGate> {
-  static at::Tensor forward(AutogradContext* ctx, T x, T q, T k, T v, T mask, int64_t heads) {
-    static const Kernel<at::Tensor(T, T, T, T, T, int64_t)> kernel("provg::survey_gate_forward");
+  static at::Tensor forward(AutogradContext* ctx, Arg x, Arg q, Arg k, Arg v, Arg mask, int64_t heads) {
+    static const Kernel<at::Tensor(Arg, Arg, Arg, Arg, Arg, int64_t)> kernel("provg::survey_gate_forward");
     ctx->save_for_backward({x, q, k, v, mask});
     ctx->saved_data["heads"] = heads;
     return kernel(x, q, k, v, mask, heads);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const Kernel<Grad4(T, T, T, T, T, T, int64_t)> kernel("provg::survey_gate_backward");
+    static const Kernel<Grad4(Arg, Arg, Arg, Arg, Arg, Arg, int64_t)> kernel("provg::survey_gate_backward");
     const variable_list s = ctx->get_saved_variables();
     auto [dx, dq, dk, dv] = kernel(grads[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["heads"].toInt());
     return differentiable_once("survey_gate", {dx, dq, dk, dv, at::Tensor(), at::Tensor()});
@@ -61,14 +61,14 @@ struct SurveyGate : public torch::autograd::Function<SurveyGate> {
 };
 
 struct LocateGate : public torch::autograd::Function<LocateGate> {
-  static at::Tensor forward(AutogradContext* ctx, T x, T w, T b, T k, T v, T mask) {
-    static const Kernel<at::Tensor(T, T, T, T, T, T)> kernel("provg::locate_gate_forward");
+  static at::Tensor forward(AutogradContext* ctx, Arg x, Arg w, Arg b, Arg k, Arg v, Arg mask) {
+    static const Kernel<at::Tensor(Arg, Arg, Arg, Arg, Arg, Arg)> kernel("provg::locate_gate_forward");
     ctx->save_for_backward({x, w, b, k, v, mask});
     return kernel(x, w, b, k, v, mask);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const Kernel<Grad5(T, T, T, T, T, T, T)> kernel("provg::locate_gate_backward");
+    static const Kernel<Grad5(Arg, Arg, Arg, Arg, Arg, Arg, Arg)> kernel("provg::locate_gate_backward");
     const variable_list s = ctx->get_saved_variables();
     auto [dx, dw, db, dk, dv] = kernel(grads[0], s[0], s[1], s[2], s[3], s[4], s[5]);
     return differentiable_once("locate_gate", {dx, dw, db, dk, dv, at::Tensor()});
@@ -76,27 +76,31 @@ struct LocateGate : public torch::autograd::Function<LocateGate> {
 };
 
 struct VerifyGate : public torch::autograd::Function<VerifyGate> {
-  static at::Tensor forward(AutogradContext* ctx, T x, T k, T v, T mask, T w_q) {
-    static const Kernel<at::Tensor(T, T, T, T, T)> kernel("provg::verify_gate_forward");
+  static at::Tensor forward(AutogradContext* ctx, Arg x, Arg k, Arg v, Arg mask, Arg w_q) {
+    static const Kernel<at::Tensor(Arg, Arg, Arg, Arg, Arg)> kernel("provg::verify_gate_forward");
     ctx->save_for_backward({x, k, v, mask, w_q});
     return kernel(x, k, v, mask, w_q);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const Kernel<Grad4(T, T, T, T, T, T)> kernel("provg::verify_gate_backward");
+    static const Kernel<Grad4(Arg, Arg, Arg, Arg, Arg, Arg)> kernel("provg::verify_gate_backward");
     const variable_list s = ctx->get_saved_variables();
     auto [dx, dk, dv, dw_q] = kernel(grads[0], s[0], s[1], s[2], s[3], s[4]);
     return differentiable_once("verify_gate", {dx, dk, dv, at::Tensor(), dw_q});
   }
 };
 
-at::Tensor survey_gate_eager(T x, T q, T k, T v, T mask, int64_t heads) {
+at::Tensor survey_gate_eager(Arg x, Arg q, Arg k, Arg v, Arg mask, int64_t heads) {
   return SurveyGate::apply(x, q, k, v, mask, heads);
 }
 
-at::Tensor locate_gate_eager(T x, T w, T b, T k, T v, T mask) { return LocateGate::apply(x, w, b, k, v, mask); }
+at::Tensor locate_gate_eager(Arg x, Arg w, Arg b, Arg k, Arg v, Arg mask) {
+  return LocateGate::apply(x, w, b, k, v, mask);
+}
 
-at::Tensor verify_gate_eager(T x, T k, T v, T mask, T w_q) { return VerifyGate::apply(x, k, v, mask, w_q); }
+at::Tensor verify_gate_eager(Arg x, Arg k, Arg v, Arg mask, Arg w_q) {
+  return VerifyGate::apply(x, k, v, mask, w_q);
+}
 
 }  // namespace
 

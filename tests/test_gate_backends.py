@@ -203,7 +203,7 @@ def test_eager_cpp_calls_take_the_cpp_autograd_node(op):
         for g, w in zip(got, torch.autograd.grad(ref, ref_leaves, upstream)):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     with torch.no_grad():
-        no_grad = FUSED[op](*leaves_or(args, leaves, grad_indices), backend="cpp")
+        no_grad = FUSED[op](*with_leaves(args, leaves, grad_indices), backend="cpp")
     with torch.inference_mode():
         inference = FUSED[op](*args, backend="cpp")
     for got in (out, no_grad, inference):
@@ -211,7 +211,7 @@ def test_eager_cpp_calls_take_the_cpp_autograd_node(op):
     assert no_grad.grad_fn is None and inference.grad_fn is None
 
 
-def leaves_or(args, leaves, grad_indices):
+def with_leaves(args, leaves, grad_indices):
     """``args`` with the leaves that require gradients in their places."""
     full = list(args)
     for i, leaf in zip(grad_indices, leaves):
