@@ -14,31 +14,13 @@
 #include <string>
 #include <tuple>
 
-#include "differentiable_once.h"
+#include "eager_autograd.h"
 
 namespace provg {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// The typed handle of a kernel operator, called below the Autograd key: the kernels have no autograd
-// formula of their own, and the Autograd key's not-implemented fallback would box every argument.
-template <typename Signature>
-class Kernel {
- public:
-  explicit Kernel(const char* name)
-      : op_(c10::Dispatcher::singleton().findSchemaOrThrow(name, "").template typed<Signature>()) {}
-
-  template <typename... Args>
-  auto operator()(Args&&... args) const {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op_.call(std::forward<Args>(args)...);
-  }
-
- private:
-  c10::TypedOperatorHandle<Signature> op_;
-};
 
 using Arg = const at::Tensor&;  // a tensor argument
 using Grad4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

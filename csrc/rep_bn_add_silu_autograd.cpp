@@ -19,7 +19,7 @@
 
 #include <vector>
 
-#include "differentiable_once.h"
+#include "eager_autograd.h"
 
 namespace provg {
 namespace {
@@ -48,27 +48,20 @@ std::vector<at::Tensor> in_layout(at::TensorList inputs) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(at::TensorList inputs, const at::Tensor& weight,
                                                               const at::Tensor& bias, const at::Tensor& mean,
                                                               const at::Tensor& var, bool use_batch, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("provg::rep_bn_add_silu_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, bool, double)>();
-  // Straight to the device kernel: the kernels have no autograd formula of their own, and the Autograd
-  // key's not-implemented fallback would box every argument on the way.
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(inputs, weight, bias, mean, var, use_batch, eps);
+  static const Kernel<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double)>
+      kernel("provg::rep_bn_add_silu_forward");
+  return kernel(inputs, weight, bias, mean, var, use_batch, eps);
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> backward_kernel(
     const at::Tensor& grad, at::TensorList inputs, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& mean, const at::Tensor& var, bool use_batch, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("provg::rep_bn_add_silu_backward", "")
-                       .typed<std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>(
-                           const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, bool, double)>();
-  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in forward_kernel
-  return op.call(grad, inputs, weight, bias, mean, var, use_batch, eps);
+  static const Kernel<std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>(
+      const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      bool, double)>
+      kernel("provg::rep_bn_add_silu_backward");
+  return kernel(grad, inputs, weight, bias, mean, var, use_batch, eps);
 }
 
 // The autograd node over the kernels. Arguments: the K branches, the K weights and K biases (every
