@@ -51,6 +51,46 @@ __device__ __forceinline__ void masked_softmax(T (&s)[MAX_N], const bool* valid,
   for (int i = 0; i < MAX_N; ++i) s[i] *= inverse;
 }
 
+// The attention of one scalar query over at most MAX_N keys (locate: a query per position, verify: a
+// query per channel): fills the weights w and returns the gate σ(Σ_n w_n·v_n).
+template <typename scalar_t, typename acc_t, int MAX_N>
+__device__ __forceinline__ acc_t scalar_query_gate(acc_t query, const scalar_t* keys, const scalar_t* values,
+                                                   const bool* valid, int N, acc_t (&w)[MAX_N]) {
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n) w[n] = n < N ? query * static_cast<acc_t>(keys[n]) : acc_t(0);
+  masked_softmax<acc_t, MAX_N>(w, valid, N);
+  acc_t attention = acc_t(0);
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) attention += w[n] * static_cast<acc_t>(values[n]);
+  return sigmoid(attention);
+}
+
+// Its backward, given dattention (the loss's derivative by the attention, before the sigmoid): returns
+// the query's derivative, and writes the terms ds_n·query and w_n·dattention, whose sums over queries are
+// dk and dv, to dk_terms and dv_terms (N each) unless they are null.
+template <typename scalar_t, typename acc_t, int MAX_N>
+__device__ __forceinline__ acc_t scalar_query_gate_backward(acc_t query, acc_t dattention, const scalar_t* keys,
+                                                            const scalar_t* values, const acc_t (&w)[MAX_N], int N,
+                                                            acc_t* dk_terms, acc_t* dv_terms) {
+  acc_t dot = acc_t(0);
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) dot += w[n] * dattention * static_cast<acc_t>(values[n]);
+  acc_t dquery = acc_t(0);
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n) {
+    if (n >= N) continue;
+    const acc_t ds = w[n] * (dattention * static_cast<acc_t>(values[n]) - dot);
+    dquery += ds * static_cast<acc_t>(keys[n]);
+    if (dk_terms) {
+      dk_terms[n] = ds * query;
+      dv_terms[n] = w[n] * dattention;
+    }
+  }
+  return dquery;
+}
+
 // out[b, chunk, c] = Σ_{p in chunk} weight[b, p] · a[b, p, c] · factor[b, p, c]  (weight, factor optional)
 template <typename scalar_t, typename acc_t>
 __global__ void column_sums_kernel(const scalar_t* __restrict__ a,       // (B, P, C)

@@ -14,19 +14,6 @@ namespace {
 using namespace cuda;
 
 template <typename scalar_t, typename acc_t, int MAX_N>
-__device__ __forceinline__ acc_t position_gate(acc_t query, const scalar_t* keys, const scalar_t* values,
-                                               const bool* valid, int N, acc_t (&w)[MAX_N]) {
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) w[n] = n < N ? query * static_cast<acc_t>(keys[n]) : acc_t(0);
-  masked_softmax<acc_t, MAX_N>(w, valid, N);
-  acc_t attention = acc_t(0);
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n)
-    if (n < N) attention += w[n] * static_cast<acc_t>(values[n]);
-  return sigmoid(attention);
-}
-
-template <typename scalar_t, typename acc_t, int MAX_N>
 __global__ void locate_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wvec,
                                       const scalar_t* __restrict__ bias, const scalar_t* __restrict__ k,
                                       const scalar_t* __restrict__ v, const bool* __restrict__ mask,
@@ -39,7 +26,7 @@ __global__ void locate_forward_kernel(const scalar_t* __restrict__ x, const scal
   for (int64_t c = lane; c < C; c += kWarp) partial += static_cast<acc_t>(x[row + c]) * static_cast<acc_t>(wvec[c]);
   const acc_t query = warp_sum(partial) + static_cast<acc_t>(bias[0]);
   acc_t w[MAX_N];
-  const acc_t g = position_gate<scalar_t, acc_t, MAX_N>(query, k + b * N, v + b * N, mask + b * N, N, w);
+  const acc_t g = scalar_query_gate<scalar_t, acc_t, MAX_N>(query, k + b * N, v + b * N, mask + b * N, N, w);
   for (int64_t c = lane; c < C; c += kWarp) y[row + c] = static_cast<scalar_t>(static_cast<acc_t>(x[row + c]) * g);
 }
 
@@ -67,24 +54,13 @@ __global__ void locate_backward_kernel(const scalar_t* __restrict__ grad, const 
   const scalar_t* keys = k + b * N;
   const scalar_t* values = v + b * N;
   acc_t w[MAX_N];
-  const acc_t g = position_gate<scalar_t, acc_t, MAX_N>(query, keys, values, mask + b * N, N, w);
+  const acc_t g = scalar_query_gate<scalar_t, acc_t, MAX_N>(query, keys, values, mask + b * N, N, w);
   const acc_t dattention = product * g * (acc_t(1) - g);
-  acc_t dot = acc_t(0);
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n)
-    if (n < N) dot += w[n] * dattention * static_cast<acc_t>(values[n]);
-  acc_t dquery = acc_t(0);
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) {
-    if (n >= N) continue;
-    const acc_t ds = w[n] * (dattention * static_cast<acc_t>(values[n]) - dot);
-    dquery += ds * static_cast<acc_t>(keys[n]);
-    if (lane == 0) {
-      dk_terms[warp * N + n] = ds * query;
-      dv_terms[warp * N + n] = w[n] * dattention;
-    }
-  }
-  if (lane == 0) dquery_out[warp] = dquery;
+  const bool writer = lane == 0;  // one lane writes the position's terms
+  const acc_t dquery = scalar_query_gate_backward<scalar_t, acc_t, MAX_N>(
+      query, dattention, keys, values, w, N, writer ? dk_terms + warp * N : nullptr,
+      writer ? dv_terms + warp * N : nullptr);
+  if (writer) dquery_out[warp] = dquery;
   for (int64_t c = lane; c < C; c += kWarp)
     dx[row + c] = static_cast<scalar_t>(static_cast<acc_t>(grad[row + c]) * g + dquery * static_cast<acc_t>(wvec[c]));
 }

@@ -41,20 +41,6 @@ at::Tensor scale_rows(const at::Tensor& a, const at::Tensor& scale, const at::Te
   return out;
 }
 
-// The gate of one channel from its mean: fills the attention weights w and returns σ(Σ_n w_n·v_n).
-template <typename scalar_t, typename acc_t, int MAX_N>
-__device__ __forceinline__ acc_t channel_gate(acc_t query, const scalar_t* keys, const scalar_t* values,
-                                              const bool* valid, int N, acc_t (&w)[MAX_N]) {
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) w[n] = n < N ? query * static_cast<acc_t>(keys[n]) : acc_t(0);
-  masked_softmax<acc_t, MAX_N>(w, valid, N);
-  acc_t attention = acc_t(0);
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n)
-    if (n < N) attention += w[n] * static_cast<acc_t>(values[n]);
-  return sigmoid(attention);
-}
-
 // One thread per (b, c): gate[b, c] from the channel sum Σ_p x.
 template <typename scalar_t, typename acc_t, int MAX_N>
 __global__ void verify_gate_values_kernel(const acc_t* __restrict__ sums,  // (B, C)
@@ -67,7 +53,7 @@ __global__ void verify_gate_values_kernel(const acc_t* __restrict__ sums,  // (B
   const int64_t b = i / C;
   const acc_t query = static_cast<acc_t>(w_q[0]) * (sums[i] / static_cast<acc_t>(P));
   acc_t w[MAX_N];
-  gate[i] = channel_gate<scalar_t, acc_t, MAX_N>(query, k + b * N, v + b * N, mask + b * N, N, w);
+  gate[i] = scalar_query_gate<scalar_t, acc_t, MAX_N>(query, k + b * N, v + b * N, mask + b * N, N, w);
 }
 
 // One thread per (b, c): the attention's backward from the channel sums Σ_p x and Σ_p grad·x. Writes the
@@ -90,21 +76,10 @@ __global__ void verify_gate_values_backward_kernel(
   const scalar_t* keys = k + b * N;
   const scalar_t* values = v + b * N;
   acc_t w[MAX_N];
-  const acc_t g = channel_gate<scalar_t, acc_t, MAX_N>(query, keys, values, mask + b * N, N, w);
+  const acc_t g = scalar_query_gate<scalar_t, acc_t, MAX_N>(query, keys, values, mask + b * N, N, w);
   const acc_t dattention = products[i] * g * (acc_t(1) - g);
-  acc_t dot = acc_t(0);
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n)
-    if (n < N) dot += w[n] * dattention * static_cast<acc_t>(values[n]);
-  acc_t dquery = acc_t(0);
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) {
-    if (n >= N) continue;
-    const acc_t ds = w[n] * (dattention * static_cast<acc_t>(values[n]) - dot);
-    dquery += ds * static_cast<acc_t>(keys[n]);
-    dk_terms[i * N + n] = ds * query;
-    dv_terms[i * N + n] = w[n] * dattention;
-  }
+  const acc_t dquery = scalar_query_gate_backward<scalar_t, acc_t, MAX_N>(query, dattention, keys, values, w, N,
+                                                                          dk_terms + i * N, dv_terms + i * N);
   gate[i] = g;
   shift[i] = wq * dquery / static_cast<acc_t>(P);
   dwq_terms[i] = dquery * mean;
