@@ -299,14 +299,20 @@ def _update_running(
         running_vars[i].mul_(1 - m).add_(unbiased[i].to(running_vars[i].dtype), alpha=m)
 
 
-def _momentum(norm: nn.modules.batchnorm._BatchNorm) -> float:
-    """The running-statistic factor ``norm``'s own forward would use, counting the batch as it does
-    (``momentum=None``: the cumulative average 1/num_batches_tracked)."""
-    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
-        norm.num_batches_tracked.add_(1)
-        if norm.momentum is None:
-            return 1.0 / float(norm.num_batches_tracked)
-    return 0.0 if norm.momentum is None else norm.momentum
+def _momenta(norms: list[nn.modules.batchnorm._BatchNorm], training: bool) -> list[float]:
+    """The running-statistic factors the modules' own forwards would use, counting this batch as they do
+    (``num_batches_tracked`` + 1 in training; ``momentum=None`` is the cumulative average
+    1/num_batches_tracked)."""
+    momenta = []
+    for n in norms:
+        counter = n.num_batches_tracked if training else None
+        if counter is not None:
+            counter.add_(1)
+        if n.momentum is not None:
+            momenta.append(n.momentum)
+        else:
+            momenta.append(1.0 / float(counter) if counter is not None else 0.0)
+    return momenta
 
 
 def rep_bn_add_silu_over(
@@ -322,31 +328,43 @@ def rep_bn_add_silu_over(
         raise ValueError(
             f"rep_bn_add_silu_over: one batch norm per input, got {len(inputs)} inputs, {len(norms)} norms"
         )
-    if any(isinstance(n, nn.SyncBatchNorm) for n in norms) and any(n.training for n in norms):
+    # One pass over the modules (their attributes go through nn.Module.__getattr__): this runs in every
+    # RepVGG block, where on the 15² maps the Python around the kernels costs as much as they do.
+    training, eps = norms[0].training, norms[0].eps
+    running_means, running_vars, weights, biases = [], [], [], []
+    agree, sync = True, False
+    for n in norms:
+        running_means.append(n.running_mean)
+        running_vars.append(n.running_var)
+        weights.append(n.weight)
+        biases.append(n.bias)
+        agree = agree and n.training == training and n.eps == eps
+        sync = sync or isinstance(n, nn.SyncBatchNorm)
+    tracking = [m is not None and v is not None for m, v in zip(running_means, running_vars)]
+    if sync and any(n.training for n in norms):
         # Its batch statistics span the process group; the kernels would see this process's batch only.
         _log_once(
             "rep_bn_add_silu_over: SyncBatchNorm in training mode runs as its own modules (its statistics "
             "span the process group, the fused kernels see one process's batch)"
         )
         return F.silu(sum(norm(x) for norm, x in zip(norms, inputs, strict=True)))
-    tracking = [n.running_mean is not None and n.running_var is not None for n in norms]
-    shared = {
-        "eps": [n.eps for n in norms],
-        "training": [n.training for n in norms],
-        "running statistics": tracking,
-    }
-    for name, values in shared.items():
-        if len(set(values)) > 1:
-            raise ValueError(f"rep_bn_add_silu_over: the batch norms must share {name}, got {values}")
+    if not agree or len(set(tracking)) > 1:
+        shared = {
+            "eps": [n.eps for n in norms],
+            "training": [n.training for n in norms],
+            "running statistics": tracking,
+        }
+        name, values = next((k, v) for k, v in shared.items() if len(set(v)) > 1)
+        raise ValueError(f"rep_bn_add_silu_over: the batch norms must share {name}, got {values}")
     tracked = tracking[0]
     return rep_bn_add_silu(
         inputs,
-        [n.running_mean for n in norms] if tracked else None,
-        [n.running_var for n in norms] if tracked else None,
-        [n.weight for n in norms],
-        [n.bias for n in norms],
-        training=norms[0].training,
-        momentum=[_momentum(n) for n in norms],
-        eps=norms[0].eps,
+        running_means if tracked else None,
+        running_vars if tracked else None,
+        weights,
+        biases,
+        training=training,
+        momentum=_momenta(norms, training and tracked),
+        eps=eps,
         backend=backend,
     )
