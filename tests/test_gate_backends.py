@@ -219,6 +219,27 @@ def with_leaves(args, leaves, grad_indices):
     return full
 
 
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_cpp_results_do_not_depend_on_the_thread_count(op):
+    """Partial sums are per block of positions (or per job, whichever thread takes it), added in block
+    order: 1, 2 and 3 threads give bitwise the same values and gradients, on a shape of several blocks
+    and jobs whose last one is short."""
+    args, grad_indices = make(op, (2, 1031, 37, 9, 1), torch.float32, seed=5)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            out, grads, _ = run(op, args, grad_indices, "cpp")
+            results.append([out, *grads])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_empty_batch(backend):
     for op in ("survey", "locate", "verify"):

@@ -235,6 +235,34 @@ def test_bad_input_names_the_problem():
         rep_bn_add_silu([torch.randn(2, 3, 2, 2)], training=True, backend="cuda")
 
 
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C not built")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpp_results_do_not_depend_on_the_thread_count(layout):
+    """Statistics and gradient sums are per block of rows, added in block order: 1, 2 and 3 threads give
+    bitwise the same output, statistics and gradients (channels-last: 2·23·29 rows, several blocks, the
+    last one short; 37 channels, a partial vector)."""
+    shape = (2, 37, 23, 29)
+    xs, weight, bias, _, _ = _case(shape, 2, torch.float32, seed=3)
+    xs = [x.contiguous(memory_format=LAYOUTS[layout]) for x in xs]
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(4)).contiguous(
+        memory_format=LAYOUTS[layout]
+    )
+    forward, backward = _kernel_ops("cpp")
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            y, mean, var = forward(xs, weight, bias, torch.empty(0), torch.empty(0), True, 1e-5)
+            dxs, dweight, dbias = backward(grad, xs, weight, bias, mean, var, True, 1e-5)
+            results.append([y, mean, var, *dxs, dweight, dbias])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
 def test_all_backends_agree_on_a_cfm_shape():
     """The width-256 CFM shape at 15² (float32): cpp against the eager batch norms."""
     if "cpp" not in KERNELS:

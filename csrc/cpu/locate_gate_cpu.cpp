@@ -97,12 +97,12 @@ void position_gates(const T* query, int64_t count, const Attention<T>& a, T* gat
 
 template <typename T>
 void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, const bool* mask, T* y, const Shape& s) {
-  const int64_t blocks = num_blocks(s.positions);
-  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  const Blocks blocks(s.positions, kBlock);
+  at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     T query[kBlock], gate[kBlock];
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks, first = (job % blocks) * kBlock;
-      const int64_t count = std::min(s.positions, first + kBlock) - first;
+      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
+      const int64_t count = blocks.last(job % blocks.count) - first;
       const T* x_block = x + (b * s.positions + first) * s.channels;
       for (int64_t p = 0; p < count; ++p) query[p] = dot(x_block + p * s.channels, w, s.channels) + bias;
       const Attention<T> a{k + b * s.keys, v + b * s.keys, mask + b * s.keys, s.keys};
@@ -122,13 +122,13 @@ template <typename T>
 void backward_kernel(const T* grad, const T* x, const T* w, T bias, const T* k, const T* v, const bool* mask,
                      T* dx, T* dk_blocks, T* dv_blocks, T* dw_blocks, T* db_blocks, const Shape& s) {
   constexpr int64_t S = vector_size<T>();
-  const int64_t blocks = num_blocks(s.positions);
-  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  const Blocks blocks(s.positions, kBlock);
+  at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     T query[kBlock], gate[kBlock], gx[kBlock], dquery[kBlock];
     std::vector<T> exps(s.keys * S), dk_lanes(s.keys * S), dv_lanes(s.keys * S);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks, first = (job % blocks) * kBlock;
-      const int64_t count = std::min(s.positions, first + kBlock) - first;
+      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
+      const int64_t count = blocks.last(job % blocks.count) - first;
       const int64_t offset = (b * s.positions + first) * s.channels;
       for (int64_t p = 0; p < count; ++p) {
         const T* x_row = x + offset + p * s.channels;
@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> locate_ga
   TORCH_CHECK(grad.sizes() == x.sizes(), "locate_gate: grad must match x");
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), wc = w.contiguous();
   auto kc = k.contiguous(), vc = v.contiguous(), mc = mask.contiguous();
-  const int64_t blocks = num_blocks(s.positions);
+  const int64_t blocks = Blocks(s.positions, kBlock).count;
   at::Tensor dx = at::empty_like(xc);
   at::Tensor dk_blocks = at::zeros({s.batch, blocks, s.keys}, xc.options());
   at::Tensor dv_blocks = at::zeros({s.batch, blocks, s.keys}, xc.options());

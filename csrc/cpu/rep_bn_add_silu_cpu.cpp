@@ -22,7 +22,7 @@ namespace {
 
 using namespace cpu;
 
-constexpr int64_t kRows = 128;  // channels-last rows per block of work and of partial sums
+constexpr int64_t kRows = 128;  // most channels-last rows per block of work and of partial sums (Blocks)
 
 struct Geometry {
   int64_t batch, channels, positions;  // B, C, L = H·W
@@ -278,14 +278,14 @@ std::pair<at::Tensor, at::Tensor> batch_statistics(const Branches<T>& in, const 
     for (int64_t c = 0; c < C; ++c) shifts[k * C + c] = in.x[k][g.channels_last ? c : c * g.positions];
   std::vector<double> s1(K * C, 0.0), s2(K * C, 0.0);
   if (g.channels_last) {
-    const int64_t rows = n, blocks = (rows + kRows - 1) / kRows;
-    std::vector<T> partials(blocks * 2 * K * C);
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    const Blocks blocks(n, kRows);
+    std::vector<T> partials(blocks.count * 2 * K * C);
+    at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
       for (int64_t blk = begin; blk < end; ++blk) {
         T* p1 = partials.data() + blk * 2 * K * C;
         T* p2 = p1 + K * C;
         std::fill(p1, p1 + 2 * K * C, T(0));
-        const int64_t first = blk * kRows, last = std::min(rows, (blk + 1) * kRows);
+        const int64_t first = blocks.first(blk), last = blocks.last(blk);
         for (int64_t k = 0; k < K; ++k) {
           const T* sh = shifts.data() + k * C;
           T* a1 = p1 + k * C;
@@ -315,7 +315,7 @@ std::pair<at::Tensor, at::Tensor> batch_statistics(const Branches<T>& in, const 
         }
       }
     });
-    for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t blk = 0; blk < blocks.count; ++blk)
       for (int64_t i = 0; i < K * C; ++i) {
         s1[i] += partials[blk * 2 * K * C + i];
         s2[i] += partials[blk * 2 * K * C + K * C + i];
@@ -369,10 +369,13 @@ void write_output(const Branches<T>& in, const Geometry& g, const T* scale, cons
   if (g.channels_last) {
     with_branch_count(in.k, [&](auto k) {
       constexpr int K = decltype(k)::value;
-      at::parallel_for(0, g.count(), kRows, [&](int64_t begin, int64_t end) {
-        for_row_groups<T>(begin, end, C, [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
-          output_vector<K, decltype(full)::value>(in, C, c, n, scale, shift, first, last, y);
-        });
+      // The statistics' blocks again, so each thread reads the rows it summed (still in its L2).
+      const Blocks blocks(g.count(), kRows);
+      at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+        for_row_groups<T>(blocks.first(begin), blocks.last(end - 1), C,
+                          [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
+                            output_vector<K, decltype(full)::value>(in, C, c, n, scale, shift, first, last, y);
+                          });
       });
     });
   } else {
@@ -395,15 +398,15 @@ std::vector<double> gradient_sums(const T* grad, const Branches<T>& in, const Ge
   const int64_t K = in.k, C = g.channels, L = g.positions;
   std::vector<double> sums((K + 1) * C, 0.0);
   if (g.channels_last) {
-    const int64_t rows = g.count(), blocks = (rows + kRows - 1) / kRows;
-    std::vector<T> partials(blocks * (K + 1) * C);
+    const Blocks blocks(g.count(), kRows);
+    std::vector<T> partials(blocks.count * (K + 1) * C);
     with_branch_count(K, [&](auto k) {
       constexpr int KB = decltype(k)::value;
-      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
         for (int64_t blk = begin; blk < end; ++blk) {
           T* p = partials.data() + blk * (K + 1) * C;
           std::fill(p, p + (K + 1) * C, T(0));
-          for_row_groups<T>(blk * kRows, std::min(rows, (blk + 1) * kRows), C,
+          for_row_groups<T>(blocks.first(blk), blocks.last(blk), C,
                             [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
                               sums_vector<KB, decltype(full)::value>(grad, in, C, c, n, scale, shift, mean, first,
                                                                      last, p);
@@ -411,7 +414,7 @@ std::vector<double> gradient_sums(const T* grad, const Branches<T>& in, const Ge
         }
       });
     });
-    for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t blk = 0; blk < blocks.count; ++blk)
       for (int64_t i = 0; i < (K + 1) * C; ++i) sums[i] += partials[blk * (K + 1) * C + i];
   } else {
     at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
@@ -456,11 +459,14 @@ void write_input_gradients(const T* grad, const Branches<T>& in, const Geometry&
   if (g.channels_last) {
     with_branch_count(K, [&](auto k) {
       constexpr int KB = decltype(k)::value;
-      at::parallel_for(0, g.count(), kRows, [&](int64_t begin, int64_t end) {
-        for_row_groups<T>(begin, end, C, [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
-          input_gradients_vector<KB, decltype(full)::value>(grad, in, C, c, n, scale, shift, beta, gamma, first,
-                                                            last, dx);
-        });
+      // The blocks of gradient_sums, so each thread reads the rows it summed (still in its L2).
+      const Blocks blocks(g.count(), kRows);
+      at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+        for_row_groups<T>(blocks.first(begin), blocks.last(end - 1), C,
+                          [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
+                            input_gradients_vector<KB, decltype(full)::value>(grad, in, C, c, n, scale, shift, beta,
+                                                                              gamma, first, last, dx);
+                          });
       });
     });
   } else {

@@ -166,9 +166,9 @@ void forward_kernel(const T* x, const T* q, const Packed<T>& p, T* y, const Shap
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t S = Vec::size();
   const int64_t chunks = (s.positions + kChunk - 1) / kChunk;
-  at::parallel_for(0, s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_jobs(s.batch * chunks, [&](const auto& next) {
     std::vector<T> weights(kTile * p.keys_pad), attention(kTile * p.width_pad);
-    for (int64_t job = begin; job < end; ++job) {
+    for (int64_t job; (job = next()) >= 0;) {
       const int64_t b = job / chunks, chunk_end = std::min(s.positions, (job % chunks + 1) * kChunk);
       for (int64_t first = (job % chunks) * kChunk; first < chunk_end; first += kTile) {
         const int64_t rows = std::min(kTile, chunk_end - first);
@@ -196,10 +196,10 @@ void backward_kernel(const T* grad, const T* x, const T* q, const Packed<T>& p, 
   const int64_t part = p.count * p.width_pad;  // one head's k or v partial
   // With whole-vector head slices q is read and dq written in place; otherwise through padded tiles.
   const bool in_place = s.width == p.width_pad;
-  at::parallel_for(0, s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_jobs(s.batch * chunks, [&](const auto& next) {
     std::vector<T> weights(kTile * p.keys_pad), dscores(kTile * p.keys_pad), dattention(kTile * p.width_pad);
     std::vector<T> q_tile(in_place ? 0 : kTile * p.width_pad), dq_tile(in_place ? 0 : kTile * p.width_pad);
-    for (int64_t job = begin; job < end; ++job) {
+    for (int64_t job; (job = next()) >= 0;) {
       const int64_t b = job / chunks, chunk_end = std::min(s.positions, (job % chunks + 1) * kChunk);
       std::fill(dk_jobs + job * s.heads * part, dk_jobs + (job + 1) * s.heads * part, T(0));
       std::fill(dv_jobs + job * s.heads * part, dv_jobs + (job + 1) * s.heads * part, T(0));

@@ -39,15 +39,15 @@ Shape check_verify(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v
 template <typename T>
 std::pair<at::Tensor, at::Tensor> column_sums(const T* x, const T* grad, const Shape& s,
                                               const at::TensorOptions& options) {
-  const int64_t blocks = num_blocks(s.positions);
-  at::Tensor sums = at::zeros({s.batch, blocks, s.channels}, options);
-  at::Tensor products = at::zeros({grad ? s.batch : 0, blocks, s.channels}, options);
+  const Blocks blocks(s.positions, kBlock);
+  at::Tensor sums = at::zeros({s.batch, blocks.count, s.channels}, options);
+  at::Tensor products = at::zeros({grad ? s.batch : 0, blocks.count, s.channels}, options);
   T* sum_out = sums.data_ptr<T>();
   T* product_out = products.data_ptr<T>();
-  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks, first = (job % blocks) * kBlock;
-      const int64_t last = std::min(s.positions, first + kBlock);
+      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
+      const int64_t last = blocks.last(job % blocks.count);
       T* acc = sum_out + job * s.channels;
       T* product = grad ? product_out + job * s.channels : nullptr;
       for (int64_t p = first; p < last; ++p) {
@@ -66,11 +66,11 @@ std::pair<at::Tensor, at::Tensor> column_sums(const T* x, const T* grad, const S
 // out[b, p, c] = a[b, p, c] · scale[b, c] + shift[b, c] (shift optional).
 template <typename T>
 void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape& s) {
-  const int64_t blocks = num_blocks(s.positions);
-  at::parallel_for(0, s.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  const Blocks blocks(s.positions, kBlock);
+  at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks, first = (job % blocks) * kBlock;
-      const int64_t last = std::min(s.positions, first + kBlock);
+      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
+      const int64_t last = blocks.last(job % blocks.count);
       const T* sc = scale + b * s.channels;
       const T* sh = shift ? shift + b * s.channels : nullptr;
       for (int64_t p = first; p < last; ++p) {
