@@ -1,6 +1,6 @@
 // Shared pieces of the CPU gate kernels: input checks, the masked softmax over a handful of keys, and
-// fixed-size position blocks (per-block partial sums keep the reductions deterministic whatever the
-// thread count).
+// the split of positions into blocks and jobs (per-block partial sums keep the reductions deterministic
+// whatever the thread count).
 #pragma once
 
 #include <ATen/Parallel.h>

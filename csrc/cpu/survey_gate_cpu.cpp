@@ -1,10 +1,10 @@
-// CPU kernels of provg::survey_gate_{forward,backward} (Eq. 1–2). Positions are cut into jobs of
-// kChunk positions per batch item, run in parallel, and each job into tiles of kTile positions whose
-// scores, weights and attention stay in L1/L2: per tile and head the attention is a few register-blocked
-// products (tile_gemm.h) around a vectorized masked softmax and a fused sigmoid gate, so x and q are
-// read once and y written once. Only valid tokens enter the products (packed per batch item), so a
-// padded expression costs what its real tokens cost. The key/value gradients are summed over positions
-// through per-job partials reduced in job order, so results do not depend on the thread count.
+// CPU kernels of provg::survey_gate_{forward,backward} (Eq. 1–2). Positions are cut into jobs of kChunk positions per
+// batch item, handed to the threads as they ask (parallel_jobs), and each job into tiles of kTile positions whose
+// scores, weights and attention stay in L1/L2: per tile and head the attention is a few register-blocked products
+// (tile_gemm.h) around a vectorized masked softmax and a fused sigmoid gate, so x and q are read once and y written
+// once. Only valid tokens enter the products (packed per batch item), so a padded expression costs what its real tokens
+// cost. The key/value gradients are summed over positions through per-job partials reduced in job order, so results do
+// not depend on the thread count.
 #include <torch/library.h>
 
 #include <algorithm>
