@@ -354,8 +354,9 @@ def rep_bn_add_silu_over(
             "training": [n.training for n in norms],
             "running statistics": tracking,
         }
-        name, values = next((k, v) for k, v in shared.items() if len(set(v)) > 1)
-        raise ValueError(f"rep_bn_add_silu_over: the batch norms must share {name}, got {values}")
+        for name, values in shared.items():
+            if len(set(values)) > 1:
+                raise ValueError(f"rep_bn_add_silu_over: the batch norms must share {name}, got {values}")
     tracked = tracking[0]
     return rep_bn_add_silu(
         inputs,
