@@ -91,6 +91,14 @@ inline void softmax_backward(const T* weights, const T* dweights, int64_t n, T* 
   for (int64_t i = 0; i < n; ++i) dscores[i] = weights[i] * (dweights[i] - dot);
 }
 
+// σ(a) for a vector of values.
+template <typename T>
+inline at::vec::Vectorized<T> sigmoid_vec(const at::vec::Vectorized<T>& a) {
+  using Vec = at::vec::Vectorized<T>;
+  // NOTE: exp_u20 is accurate to ~20 ulp, far inside the 1e-5 relative error budget of float32.
+  return Vec(T(1)) / (Vec(T(1)) + a.neg().exp_u20());
+}
+
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
   T acc = T(0);
@@ -120,8 +128,7 @@ inline void gate_apply<float>(const float* x, const float* a, float* y, float* g
   using Vec = at::vec::Vectorized<float>;
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    // NOTE: exp_u20 is accurate to ~20 ulp, far inside the 1e-5 relative error budget of float32.
-    const Vec g = Vec(1.f) / (Vec(1.f) + Vec::loadu(a + i).neg().exp_u20());
+    const Vec g = sigmoid_vec(Vec::loadu(a + i));
     (Vec::loadu(x + i) * g).store(y + i);
     if (gate) g.store(gate + i);
   }

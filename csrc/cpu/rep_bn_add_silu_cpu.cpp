@@ -160,12 +160,6 @@ inline void store(const Vec<T>& v, T* p, int64_t n) {
   }
 }
 
-template <typename T>
-inline Vec<T> sigmoid_vec(const Vec<T>& s) {
-  // NOTE: exp_u20 is accurate to ~20 ulp, far inside the 1e-5 relative error budget of float32.
-  return Vec<T>(T(1)) / (Vec<T>(T(1)) + s.neg().exp_u20());
-}
-
 // s = shift + Σ_k scale_k·x_k for one vector of channels of one row; x_k are returned in xs.
 template <int K, bool Full, typename T>
 inline Vec<T> row_pre_activation(const Branches<T>& in, int64_t at, int64_t n, const Vec<T>* scale, const Vec<T>& shift,
@@ -245,15 +239,16 @@ inline void input_gradients_vector(const T* grad, const Branches<T>& in, int64_t
   }
 }
 
-// Runs body<K, Full>(c, n) over the vectors of a row's C channels, groups of kGroup rows at a time.
+// Calls body(full, first, last, c, n) for each group of at most kGroup rows [first, last) of [begin, end) and,
+// within it, each vector of channels [c, c + n) of a row (full: std::true_type when n is a whole vector).
 template <typename T, typename Body>
-inline void for_row_groups(int64_t first, int64_t last, int64_t C, const Body& body) {
+inline void for_row_groups(int64_t begin, int64_t end, int64_t C, const Body& body) {
   constexpr int64_t S = Vec<T>::size();
-  for (int64_t r = first; r < last; r += kGroup) {
-    const int64_t end = std::min(last, r + kGroup);
+  for (int64_t r = begin; r < end; r += kGroup) {
+    const int64_t last = std::min(end, r + kGroup);
     int64_t c = 0;
-    for (; c + S <= C; c += S) body(std::true_type{}, r, end, c, S);
-    if (c < C) body(std::false_type{}, r, end, c, C - c);
+    for (; c + S <= C; c += S) body(std::true_type{}, r, last, c, S);
+    if (c < C) body(std::false_type{}, r, last, c, C - c);
   }
 }
 

@@ -139,13 +139,6 @@ void softmax_backward_rows(const T* weights, T* grads, int64_t count, int64_t wi
   }
 }
 
-template <typename T>
-inline at::vec::Vectorized<T> sigmoid_vec(const at::vec::Vectorized<T>& a) {
-  using Vec = at::vec::Vectorized<T>;
-  // NOTE: exp_u20 is accurate to ~20 ulp, far inside the 1e-5 relative error budget of float32.
-  return Vec(T(1)) / (Vec(T(1)) + a.neg().exp_u20());
-}
-
 // The attention of one tile of positions and one head: fills weights (rows × keys_pad) and attention
 // (rows × width_pad, zero in the padding columns).
 template <typename T>
