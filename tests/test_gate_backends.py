@@ -116,6 +116,19 @@ def test_backend_matches_reference(backend, op, shape, dtype):
         assert relative(got, want) <= tolerance * 10, relative(got, want)
 
 
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_cpp_matches_reference_at_a_stage_1_position_count(op):
+    """14,400 positions (a 120² map), few channels: hundreds of blocks and jobs, whose sizes differ by a
+    row, against the reference in float64."""
+    args, grad_indices = make(op, (2, 14400, 3, 5, 1), torch.float64, seed=11)
+    out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")
+    out, grads, _ = run(op, args, grad_indices, "cpp", upstream)
+    assert relative(out, out_ref) <= 1e-12
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert relative(got, want) <= 1e-11, relative(got, want)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("op", ["survey", "locate", "verify"])
 def test_gradcheck_float64_with_all_masked_rows(backend, op):

@@ -20,22 +20,22 @@ namespace cpu {
 constexpr int64_t kBlock = 64;  // most positions per block (the unit of work and of partial sums)
 constexpr int64_t kMaxKeys = 256;
 
-// Blocks of rows (positions), the unit of work and of partial sums: at most ``most`` rows each, and a
-// multiple of 8 of them when there is more than one, so that at::parallel_for's even split of a pass over
-// 1, 2, 4 or 8 threads gives every thread the same rows to within one block's rounding. Blocks of exactly
-// ``most`` rows left the last thread up to a whole block short (3,600 positions in blocks of 64: 29 and 28
-// blocks, 1,856 and 1,744 rows), the other one waiting at the end of every pass. The split depends on the
-// row count only, so partial sums added in block order do not depend on the thread count.
+// Blocks of rows (positions), the unit of work and of partial sums: at most ``most`` rows each, sizes that
+// differ by one row at most, and a multiple of 8 of them when there is more than one, so that
+// at::parallel_for's even split of a pass over 1, 2, 4 or 8 threads gives every thread the same rows to
+// within a row per block. Blocks of exactly ``most`` rows left the last thread up to a whole block short
+// (3,600 positions in blocks of 64: 29 and 28 blocks, 1,856 and 1,744 rows), the other one waiting at the
+// end of every pass. The split depends on the row count only, so partial sums added in block order do not
+// depend on the thread count.
 struct Blocks {
-  int64_t rows, count, size;
+  int64_t rows, count;
 
   Blocks(int64_t rows, int64_t most) : rows(rows) {
     const int64_t needed = (rows + most - 1) / most;
-    count = needed <= 1 ? needed : (needed + 7) / 8 * 8;
-    size = count > 0 ? (rows + count - 1) / count : 0;
+    count = needed <= 1 ? needed : std::min(rows, (needed + 7) / 8 * 8);
   }
-  int64_t first(int64_t block) const { return std::min(rows, block * size); }
-  int64_t last(int64_t block) const { return std::min(rows, (block + 1) * size); }
+  int64_t first(int64_t block) const { return block * rows / count; }
+  int64_t last(int64_t block) const { return (block + 1) * rows / count; }
 };
 
 inline void check_keys(const at::Tensor& mask, int64_t batch, const char* op) {
