@@ -4,7 +4,7 @@
 // Forward: one pass reads every branch for the shifted per-channel sums Σ(x−k), Σ(x−k)² (k = the channel's first
 // element), one pass reads them again and writes y = SiLU(Σ_i scale_i·x_i + shift). Backward: one pass recomputes the
 // pre-activation s and ds = grad·SiLU'(s) and reduces Σ ds and Σ ds·(x_i − μ_i); one pass recomputes ds and writes dx_i
-// = α_i·ds + β_i·x_i + γ_i. Channels-last inputs are rows of C channels (work split over balanced blocks of rows, the
+// = scale_i·ds + β_i·x_i + γ_i. Channels-last inputs are rows of C channels (work split over balanced blocks of rows, the
 // same blocks in both passes so each thread rereads rows from its own L2, per-block partials; the pre-activation of a
 // vector of channels stays in registers over a group of rows); NCHW inputs are planes of H·W positions (work split over
 // channels for the sums, over planes for the writes). Partials are added in a fixed order, in double, so results do not
@@ -124,7 +124,7 @@ inline void silu_backward_inplace<float>(float* s, const float* grad, int64_t n)
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
     const Vec v = Vec::loadu(s + i);
-    const Vec g = one / (one + v.neg().exp_u20());
+    const Vec g = sigmoid_vec(v);
     (Vec::loadu(grad + i) * g * (one + v * (one - g))).store(s + i);
   }
   for (; i < n; ++i) {
@@ -219,7 +219,7 @@ inline void sums_vector(const T* grad, const Branches<T>& in, int64_t C, int64_t
   }
 }
 
-// dx_k = α_k·ds + β_k·x_k + γ_k (α_k = scale_k) over the rows [first, last) of one vector of channels c.
+// dx_k = scale_k·ds + β_k·x_k + γ_k over the rows [first, last) of one vector of channels c.
 template <int K, bool Full, typename T>
 inline void input_gradients_vector(const T* grad, const Branches<T>& in, int64_t C, int64_t c, int64_t n,
                                    const T* scale, const T* shift, const T* beta, const T* gamma, int64_t first,
@@ -250,6 +250,16 @@ inline void for_row_groups(int64_t begin, int64_t end, int64_t C, const Body& bo
     for (; c + S <= C; c += S) body(std::true_type{}, r, last, c, S);
     if (c < C) body(std::false_type{}, r, last, c, C - c);
   }
+}
+
+// for_row_groups over all rows, in parallel, each thread taking the rows of whole Blocks(rows, kRows): the
+// blocks of the statistic passes, so that a write pass rereads from each thread's L2 the rows it summed.
+template <typename T, typename Body>
+inline void parallel_row_groups(int64_t rows, int64_t C, const Body& body) {
+  const Blocks blocks(rows, kRows);
+  at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+    for_row_groups<T>(blocks.first(begin), blocks.last(end - 1), C, body);
+  });
 }
 
 // Calls f(std::integral_constant<int, K>{}) for the runtime branch count k (1 to 3).
@@ -365,13 +375,8 @@ void write_output(const Branches<T>& in, const Geometry& g, const T* scale, cons
   if (g.channels_last) {
     with_branch_count(in.k, [&](auto k) {
       constexpr int K = decltype(k)::value;
-      // The statistics' blocks again, so each thread reads the rows it summed (still in its L2).
-      const Blocks blocks(g.count(), kRows);
-      at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
-        for_row_groups<T>(blocks.first(begin), blocks.last(end - 1), C,
-                          [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
-                            output_vector<K, decltype(full)::value>(in, C, c, n, scale, shift, first, last, y);
-                          });
+      parallel_row_groups<T>(g.count(), C, [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
+        output_vector<K, decltype(full)::value>(in, C, c, n, scale, shift, first, last, y);
       });
     });
   } else {
@@ -438,15 +443,15 @@ std::vector<double> gradient_sums(const T* grad, const Branches<T>& in, const Ge
   return sums;
 }
 
-// dx_k = α_k·ds + β_k·x_k + γ_k with per (k, c) coefficients (K, C) each.
+// dx_k = scale_k·ds + β_k·x_k + γ_k with per (k, c) coefficients (K, C) each.
 template <typename T>
 void write_input_gradients(const T* grad, const Branches<T>& in, const Geometry& g, const T* scale, const T* shift,
-                           const T* alpha, const T* beta, const T* gamma, T* const* dx) {
+                           const T* beta, const T* gamma, T* const* dx) {
   const int64_t K = in.k, C = g.channels, L = g.positions;
   auto combine = [&](const T* ds, int64_t offset, int64_t c, int64_t n) {
     for (int64_t k = 0; k < K; ++k) {
       const T* x = in.x[k] + offset;
-      const T a = alpha[k * C + c], b = beta[k * C + c], z = gamma[k * C + c];
+      const T a = scale[k * C + c], b = beta[k * C + c], z = gamma[k * C + c];
       T* out = dx[k] + offset;
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) out[i] = a * ds[i] + b * x[i] + z;
@@ -455,14 +460,9 @@ void write_input_gradients(const T* grad, const Branches<T>& in, const Geometry&
   if (g.channels_last) {
     with_branch_count(K, [&](auto k) {
       constexpr int KB = decltype(k)::value;
-      // The blocks of gradient_sums, so each thread reads the rows it summed (still in its L2).
-      const Blocks blocks(g.count(), kRows);
-      at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
-        for_row_groups<T>(blocks.first(begin), blocks.last(end - 1), C,
-                          [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
-                            input_gradients_vector<KB, decltype(full)::value>(grad, in, C, c, n, scale, shift, beta,
-                                                                              gamma, first, last, dx);
-                          });
+      parallel_row_groups<T>(g.count(), C, [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
+        input_gradients_vector<KB, decltype(full)::value>(grad, in, C, c, n, scale, shift, beta, gamma, first, last,
+                                                          dx);
       });
     });
   } else {
@@ -532,14 +532,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
     const T* dy = grad.const_data_ptr<T>();
     const std::vector<double> sums = gradient_sums(dy, in, g, scale.data(), shift.data(), mu);
     const double n = static_cast<double>(g.count());
-    std::vector<T> alpha(K * C), beta(K * C), gamma(K * C);
+    std::vector<T> beta(K * C), gamma(K * C);
     T* dw = dweight.data_ptr<T>();
     T* db = dbias.data_ptr<T>();
     for (int64_t i = 0; i < K * C; ++i) {
       const double s0 = sums[i % C], sk = sums[C + i], r = rstd[i], a = scale[i];
       dw[i] = static_cast<T>(r * sk);
       db[i] = static_cast<T>(s0);
-      alpha[i] = scale[i];
       // dx = a·(ds − S0/n − (x − μ)·r²·S/n): x's coefficient and the constant, in training only.
       const double b = training ? -a * r * r * sk / n : 0.0;
       beta[i] = static_cast<T>(b);
@@ -547,7 +546,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
     }
     std::vector<T*> dx;
     for (at::Tensor& d : dinputs) dx.push_back(d.data_ptr<T>());
-    write_input_gradients(dy, in, g, scale.data(), shift.data(), alpha.data(), beta.data(), gamma.data(), dx.data());
+    write_input_gradients(dy, in, g, scale.data(), shift.data(), beta.data(), gamma.data(), dx.data());
   });
   return {dinputs, dweight, dbias};
 }
