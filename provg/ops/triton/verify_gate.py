@@ -256,7 +256,7 @@ def forward(x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor) -> T
         ACC=acc_dtype(x.dtype),
         BLOCK_P=block_p,
         BLOCK_C=block_c,
-        BLOCK_N=next_power_of_2(k.shape[1]),
+        BLOCK_N=next_power_of_2(k.shape[1], 2),  # NOTE: 1 fails to lower in Triton 3.6 (sm_90)
     )
     return y
 
@@ -289,7 +289,7 @@ def backward(grad: Tensor, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_
         1.0 / positions,
         ACC=acc_dtype(x.dtype),
         BLOCK_C=min(128, next_power_of_2(channels)),
-        BLOCK_N=next_power_of_2(k.shape[1]),
+        BLOCK_N=next_power_of_2(k.shape[1], 2),  # NOTE: 1 fails to lower in Triton 3.6 (sm_90)
     )
     dx = _scale(grad, gate, shift)
     return dx, dk.to(k.dtype), dv.to(v.dtype), dw_q.sum().reshape(w_q.shape).to(w_q.dtype)
