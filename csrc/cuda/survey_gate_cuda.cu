@@ -1,11 +1,20 @@
 // CUDA kernels of provg::survey_gate_{forward,backward} (Eq. 1–2).
 //
-// Forward: one warp per (position, head); lanes split the head's channels, the scores over the N ≤ 64
-// context tokens are warp sums kept in registers, and each lane writes its channels of y. x and q are
-// read once, y written once.
-// Backward: (1) a warp per (position, head) recomputes the attention, writes dx and dq, and stores the
-// attention weights W and score gradients dS (P × N, small); (2) a thread per channel walks blocks of
-// positions to accumulate the dk and dv partial sums (no atomics), which are then summed in order.
+// A block takes a tile of 32 positions of one (batch item, head). Lane i of each of its warps owns
+// position i of the tile, and the warps split the head's channels into chunks of 32 (warp w takes chunks
+// w, w + warps, ...). Each chunk of a (B, P, C) tensor passes through a padded shared-memory tile, with
+// coalesced rows in and out; the chunk's keys or values pass through shared memory too, where every
+// lane reads them at one address (a broadcast), four channels at a time. So a thread does its position's
+// N·D multiply-adds at one shared load per four of them, and its position's N scores and weights stay
+// in its registers, with no warp reduction per key (the former warp-per-position kernels spent one per
+// key and position and ran instruction-bound, about 20× over their byte floor on an H200).
+// Forward: the warps' partial scores are added through shared memory; each thread takes the softmax of
+// its position, then gates its chunks. x and q are read once, y written once.
+// Backward: the same scores and softmax, then (1) per chunk dx = grad·g and da = grad·x·g(1−g) through
+// the tiles; the lane accumulates dW_n = Σ_c da_c·v_nc, and the warp, lane = channel, sums W·da over the
+// tile's positions into dv; (2) after the score gradients dS, per chunk dq = dS·k and, lane = channel,
+// dk = Σ_p dS·q. A block walks several tiles and keeps one dk and one dv partial row in global memory,
+// which the partial rows' sum adds up in order afterwards (no atomics; deterministic).
 #include <torch/library.h>
 
 #include "../gates.h"
@@ -16,6 +25,181 @@ namespace {
 
 using namespace cuda;
 
+constexpr int kTile = 32;               // positions per tile: one per lane
+constexpr int kChannels = 32;           // channels per chunk
+constexpr int kStride = kChannels + 1;  // padded tile row: a lane per row hits 32 different banks
+
+template <typename T>
+struct Quad {
+  T x, y, z, w;
+};
+
+// Four consecutive shared-memory values, 16-byte aligned: one vector load (two for double).
+__device__ __forceinline__ Quad<float> load_quad(const float* p) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  return {v.x, v.y, v.z, v.w};
+}
+
+__device__ __forceinline__ Quad<double> load_quad(const double* p) {
+  const double2 a = reinterpret_cast<const double2*>(p)[0], b = reinterpret_cast<const double2*>(p)[1];
+  return {a.x, a.y, b.x, b.y};
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t* shared_memory() {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return reinterpret_cast<acc_t*>(shared_bytes);
+}
+
+// Bytes of shared memory of a block: per warp a (MAX_N, 32) chunk of keys or values and `tiles` (32, 33)
+// tiles; per block `rows` (32, MAX_N + 4) arrays of per-position values (the backward's W and dS).
+template <typename acc_t, int MAX_N>
+size_t shared_size(int warps, int tiles, int rows) {
+  return sizeof(acc_t) * (static_cast<size_t>(warps) * (MAX_N * kChannels + tiles * kTile * kStride) +
+                          static_cast<size_t>(rows) * kTile * (MAX_N + 4));
+}
+
+// tile[r][lane] = src[base + r·C + lane] for the tile's rows and the chunk's columns, 0 elsewhere.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_tile(acc_t* tile, const scalar_t* __restrict__ src, int64_t base, int64_t C,
+                                          int rows, int cols, int lane) {
+  for (int r = 0; r < kTile; ++r)
+    tile[r * kStride + lane] = (r < rows && lane < cols) ? static_cast<acc_t>(src[base + r * C + lane]) : acc_t(0);
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_tile(const acc_t* tile, scalar_t* __restrict__ dst, int64_t base, int64_t C,
+                                           int rows, int cols, int lane) {
+  if (lane >= cols) return;
+  for (int r = 0; r < rows; ++r) dst[base + r * C + lane] = static_cast<scalar_t>(tile[r * kStride + lane]);
+}
+
+// chunk[n][lane] = src[base + n·C + lane] for the N keys (or values) and the chunk's columns, 0 elsewhere.
+template <int MAX_N, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_keys(acc_t* chunk, const scalar_t* __restrict__ src, int64_t base, int64_t C,
+                                          int N, int cols, int lane) {
+  for (int n = 0; n < MAX_N; ++n)
+    chunk[n * kChannels + lane] = (n < N && lane < cols) ? static_cast<acc_t>(src[base + n * C + lane]) : acc_t(0);
+}
+
+// s[n] = Σ_c row[c]·chunk[n][c] over the chunk, added to s: the lane's position against the N keys.
+template <int MAX_N, typename acc_t>
+__device__ __forceinline__ void add_row_products(acc_t (&s)[MAX_N], const acc_t* tile, const acc_t* chunk, int N,
+                                                 int lane) {
+  for (int c = 0; c < kChannels; c += 4) {
+    const acc_t* row = tile + lane * kStride + c;
+    const acc_t a0 = row[0], a1 = row[1], a2 = row[2], a3 = row[3];
+#pragma unroll
+    for (int n = 0; n < MAX_N; ++n)
+      if (n < N) {
+        const Quad<acc_t> k = load_quad(chunk + n * kChannels + c);
+        s[n] += a0 * k.x + a1 * k.y + a2 * k.z + a3 * k.w;
+      }
+  }
+}
+
+// out[c] = Σ_n s[n]·chunk[n][c] for four channels c0..c0+3 of the chunk.
+template <int MAX_N, typename acc_t>
+__device__ __forceinline__ Quad<acc_t> combine(const acc_t (&s)[MAX_N], const acc_t* chunk, int N, int c0) {
+  Quad<acc_t> out{acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) {
+      const Quad<acc_t> v = load_quad(chunk + n * kChannels + c0);
+      out.x += s[n] * v.x;
+      out.y += s[n] * v.y;
+      out.z += s[n] * v.z;
+      out.w += s[n] * v.w;
+    }
+  return out;
+}
+
+// s ← the sum of every warp's s (each warp's partial over its chunks), through the warps' chunk buffers;
+// every warp adds them in the same order, so all hold the same values.
+template <int MAX_N, typename acc_t>
+__device__ __forceinline__ void sum_over_warps(acc_t (&s)[MAX_N], acc_t* shared, int N, int warp, int warps,
+                                               int lane) {
+  __syncthreads();  // every warp is done with its chunk buffer
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) shared[(warp * MAX_N + n) * kWarp + lane] = s[n];
+  __syncthreads();
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) {
+      acc_t total = acc_t(0);
+      for (int w = 0; w < warps; ++w) total += shared[(w * MAX_N + n) * kWarp + lane];
+      s[n] = total;
+    }
+  __syncthreads();  // before the buffers hold chunks again
+}
+
+// The softmax weights of the lane's position over the N keys (Eq. 1): scores summed over every chunk of
+// the head, scaled, masked. `tile` is the warp's scratch tile.
+template <int MAX_N, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void attention_weights(acc_t (&w)[MAX_N], const scalar_t* __restrict__ q,
+                                                  const scalar_t* __restrict__ k, const bool* __restrict__ valid,
+                                                  acc_t* shared, acc_t* tile, int64_t row_base, int64_t key_base,
+                                                  int64_t C, int D, int N, int rows, acc_t scale, int warp,
+                                                  int warps, int lane) {
+  acc_t* chunk = shared + warp * MAX_N * kChannels;
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n) w[n] = acc_t(0);
+  for (int c0 = warp * kChannels; c0 < D; c0 += warps * kChannels) {
+    const int cols = min(kChannels, D - c0);
+    load_tile(tile, q, row_base + c0, C, rows, cols, lane);
+    load_keys<MAX_N>(chunk, k, key_base + c0, C, N, cols, lane);
+    __syncwarp();
+    add_row_products<MAX_N>(w, tile, chunk, N, lane);
+    __syncwarp();
+  }
+  sum_over_warps<MAX_N>(w, shared, N, warp, warps, lane);
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n) w[n] *= scale;
+  masked_softmax<acc_t, MAX_N>(w, valid, N);
+}
+
+// Row stride of the backward's per-position arrays (32, MAX_N + 4): 16-byte aligned rows, read four
+// keys at a time.
+template <int MAX_N>
+constexpr int by_position_stride() {
+  return MAX_N + 4;
+}
+
+// out[n·C] (= or +=) Σ_p by_position[p][n]·tile[p][lane] for the N keys: the lane's column of dk or dv.
+// Eight keys at a time: one tile load and two vector loads per eight multiply-adds.
+template <int MAX_N, typename acc_t>
+__device__ __forceinline__ void add_column_products(acc_t* __restrict__ out, const acc_t* by_position,
+                                                    const acc_t* tile, int64_t C, int N, bool accumulate,
+                                                    int lane) {
+  constexpr int stride = by_position_stride<MAX_N>();
+  for (int n0 = 0; n0 < N; n0 += 8) {
+    acc_t total[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) total[j] = acc_t(0);
+#pragma unroll 4
+    for (int p = 0; p < kTile; ++p) {
+      const acc_t t = tile[p * kStride + lane];
+      const Quad<acc_t> lo = load_quad(by_position + p * stride + n0);
+      const Quad<acc_t> hi = load_quad(by_position + p * stride + n0 + 4);
+      total[0] += lo.x * t;
+      total[1] += lo.y * t;
+      total[2] += lo.z * t;
+      total[3] += lo.w * t;
+      total[4] += hi.x * t;
+      total[5] += hi.y * t;
+      total[6] += hi.z * t;
+      total[7] += hi.w * t;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (n0 + j < N) {
+        acc_t* o = out + (n0 + j) * C;
+        *o = accumulate ? *o + total[j] : total[j];
+      }
+  }
+}
+
 template <typename scalar_t, typename acc_t, int MAX_N>
 __global__ void survey_forward_kernel(const scalar_t* __restrict__ x,  // (B, P, C)
                                       const scalar_t* __restrict__ q,  // (B, P, C)
@@ -23,146 +207,149 @@ __global__ void survey_forward_kernel(const scalar_t* __restrict__ x,  // (B, P,
                                       const scalar_t* __restrict__ v,  // (B, N, C)
                                       const bool* __restrict__ mask,   // (B, N)
                                       scalar_t* __restrict__ y,        // (B, P, C)
-                                      int64_t B, int64_t P, int64_t C, int N, int H, int D, acc_t scale) {
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (warp >= B * H * P) return;
-  const int64_t p = warp % P, bh = warp / P, b = bh / H;
+                                      int64_t P, int64_t C, int N, int H, int D, acc_t scale) {
+  acc_t* shared = shared_memory<acc_t>();
+  const int warps = blockDim.x / kWarp, warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kTile, bh = blockIdx.y, b = bh / H;
   const int h = static_cast<int>(bh % H);
-  const int64_t row = (b * P + p) * C + static_cast<int64_t>(h) * D;
-  const scalar_t* keys = k + b * N * C + static_cast<int64_t>(h) * D;
-  const scalar_t* values = v + b * N * C + static_cast<int64_t>(h) * D;
-  const bool* valid = mask + b * N;
+  const int rows = static_cast<int>(P - p0 < kTile ? P - p0 : kTile);
+  const int64_t row_base = (b * P + p0) * C + static_cast<int64_t>(h) * D;  // (b, p0, h·D)
+  const int64_t key_base = b * N * C + static_cast<int64_t>(h) * D;         // (b, 0, h·D)
+  acc_t* chunk = shared + warp * MAX_N * kChannels;
+  acc_t* tile = shared + warps * MAX_N * kChannels + warp * kTile * kStride;
   acc_t w[MAX_N];
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) {
-    acc_t partial = acc_t(0);
-    if (n < N)
-      for (int c = lane; c < D; c += kWarp)
-        partial += static_cast<acc_t>(q[row + c]) * static_cast<acc_t>(keys[static_cast<int64_t>(n) * C + c]);
-    w[n] = warp_sum(partial) * scale;
-  }
-  masked_softmax<acc_t, MAX_N>(w, valid, N);
-  for (int c = lane; c < D; c += kWarp) {
-    acc_t attention = acc_t(0);
-#pragma unroll
-    for (int n = 0; n < MAX_N; ++n)
-      if (n < N) attention += w[n] * static_cast<acc_t>(values[static_cast<int64_t>(n) * C + c]);
-    y[row + c] = static_cast<scalar_t>(static_cast<acc_t>(x[row + c]) * sigmoid(attention));
-  }
-}
-
-template <typename scalar_t, typename acc_t, int MAX_N>
-__global__ void survey_backward_rows_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                            const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                                            const scalar_t* __restrict__ v, const bool* __restrict__ mask,
-                                            scalar_t* __restrict__ dx, scalar_t* __restrict__ dq,
-                                            acc_t* __restrict__ weights,   // (B, H, P, N) out
-                                            acc_t* __restrict__ dscores,   // (B, H, P, N) out, scaled
-                                            int64_t B, int64_t P, int64_t C, int N, int H, int D, acc_t scale) {
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (warp >= B * H * P) return;
-  const int64_t p = warp % P, bh = warp / P, b = bh / H;
-  const int h = static_cast<int>(bh % H);
-  const int64_t row = (b * P + p) * C + static_cast<int64_t>(h) * D;
-  const scalar_t* keys = k + b * N * C + static_cast<int64_t>(h) * D;
-  const scalar_t* values = v + b * N * C + static_cast<int64_t>(h) * D;
-  const bool* valid = mask + b * N;
-  acc_t w[MAX_N], dw[MAX_N];
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) {
-    acc_t partial = acc_t(0);
-    if (n < N)
-      for (int c = lane; c < D; c += kWarp)
-        partial += static_cast<acc_t>(q[row + c]) * static_cast<acc_t>(keys[static_cast<int64_t>(n) * C + c]);
-    w[n] = warp_sum(partial) * scale;
-    dw[n] = acc_t(0);
-  }
-  masked_softmax<acc_t, MAX_N>(w, valid, N);
-  for (int c = lane; c < D; c += kWarp) {
-    acc_t attention = acc_t(0);
-#pragma unroll
-    for (int n = 0; n < MAX_N; ++n)
-      if (n < N) attention += w[n] * static_cast<acc_t>(values[static_cast<int64_t>(n) * C + c]);
-    const acc_t g = sigmoid(attention);
-    const acc_t upstream = static_cast<acc_t>(grad[row + c]);
-    dx[row + c] = static_cast<scalar_t>(upstream * g);
-    const acc_t dattention = upstream * static_cast<acc_t>(x[row + c]) * g * (acc_t(1) - g);
-#pragma unroll
-    for (int n = 0; n < MAX_N; ++n)
-      if (n < N) dw[n] += dattention * static_cast<acc_t>(values[static_cast<int64_t>(n) * C + c]);
-  }
-  acc_t dot = acc_t(0);
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) {
-    dw[n] = warp_sum(dw[n]);
-    dot += w[n] * dw[n];
-  }
-  const int64_t small = warp * N;  // (b, h, p) row of the (B, H, P, N) buffers
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n) {
-    dw[n] = w[n] * (dw[n] - dot) * scale;  // now the scaled score gradient
-    if (n < N && lane == 0) {
-      weights[small + n] = w[n];
-      dscores[small + n] = dw[n];
+  attention_weights<MAX_N>(w, q, k, mask + b * N, shared, tile, row_base, key_base, C, D, N, rows, scale, warp,
+                           warps, lane);
+  for (int c0 = warp * kChannels; c0 < D; c0 += warps * kChannels) {
+    const int cols = min(kChannels, D - c0);
+    load_tile(tile, x, row_base + c0, C, rows, cols, lane);
+    load_keys<MAX_N>(chunk, v, key_base + c0, C, N, cols, lane);
+    __syncwarp();
+    acc_t* row = tile + lane * kStride;
+    for (int c = 0; c < kChannels; c += 4) {
+      const Quad<acc_t> a = combine<MAX_N>(w, chunk, N, c);
+      row[c] *= sigmoid(a.x);
+      row[c + 1] *= sigmoid(a.y);
+      row[c + 2] *= sigmoid(a.z);
+      row[c + 3] *= sigmoid(a.w);
     }
-  }
-  for (int c = lane; c < D; c += kWarp) {
-    acc_t total = acc_t(0);
-#pragma unroll
-    for (int n = 0; n < MAX_N; ++n)
-      if (n < N) total += dw[n] * static_cast<acc_t>(keys[static_cast<int64_t>(n) * C + c]);
-    dq[row + c] = static_cast<scalar_t>(total);
+    __syncwarp();
+    store_tile(tile, y, row_base + c0, C, rows, cols, lane);
+    __syncwarp();
   }
 }
 
-// dv[n, c] = Σ_p W[p, n] · dA[p, c] and dk[n, c] = Σ_p dS[p, n] · q[p, c] over one chunk of positions.
 template <typename scalar_t, typename acc_t, int MAX_N>
-__global__ void survey_backward_columns_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                               const scalar_t* __restrict__ q, const scalar_t* __restrict__ v,
-                                               const acc_t* __restrict__ weights, const acc_t* __restrict__ dscores,
-                                               acc_t* __restrict__ dk_part,  // (B, chunks, N, C)
-                                               acc_t* __restrict__ dv_part,  // (B, chunks, N, C)
-                                               int64_t P, int64_t C, int N, int H, int D, int64_t chunks) {
-  const int64_t cc = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // channel in head
-  const int64_t chunk = blockIdx.y;
-  const int64_t bh = blockIdx.z, b = bh / H;
+__global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                       const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                                       const scalar_t* __restrict__ v, const bool* __restrict__ mask,
+                                       scalar_t* __restrict__ dx, scalar_t* __restrict__ dq,
+                                       acc_t* __restrict__ dk_part,  // (B, partial rows, N, C)
+                                       acc_t* __restrict__ dv_part,  // (B, partial rows, N, C)
+                                       int64_t P, int64_t C, int N, int H, int D, acc_t scale, int64_t tiles,
+                                       int64_t tiles_per_block, int64_t partial_rows) {
+  acc_t* shared = shared_memory<acc_t>();
+  const int warps = blockDim.x / kWarp, warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t partial = blockIdx.x, bh = blockIdx.y, b = bh / H;
   const int h = static_cast<int>(bh % H);
-  if (cc >= D) return;
-  const int64_t c = static_cast<int64_t>(h) * D + cc;
-  acc_t values[MAX_N], dk[MAX_N], dv[MAX_N];
+  acc_t* chunk = shared + warp * MAX_N * kChannels;
+  acc_t* tile_a = shared + warps * MAX_N * kChannels + warp * 2 * kTile * kStride;
+  acc_t* tile_b = tile_a + kTile * kStride;
+  constexpr int stride = by_position_stride<MAX_N>();
+  acc_t* weights = shared + warps * (MAX_N * kChannels + 2 * kTile * kStride);  // (32, stride)
+  acc_t* dscores = weights + kTile * stride;                                    // (32, stride)
+  const int64_t key_base = b * N * C + static_cast<int64_t>(h) * D;
+  const int64_t partial_base = (b * partial_rows + partial) * N * C + static_cast<int64_t>(h) * D;
+  const int64_t first = partial * tiles_per_block, last = min(tiles, first + tiles_per_block);
+  for (int64_t t = first; t < last; ++t) {
+    const bool accumulate = t != first;
+    const int64_t p0 = t * kTile;
+    const int rows = static_cast<int>(P - p0 < kTile ? P - p0 : kTile);
+    const int64_t row_base = (b * P + p0) * C + static_cast<int64_t>(h) * D;
+    acc_t w[MAX_N], dw[MAX_N];
+    attention_weights<MAX_N>(w, q, k, mask + b * N, shared, tile_a, row_base, key_base, C, D, N, rows, scale,
+                             warp, warps, lane);
 #pragma unroll
-  for (int n = 0; n < MAX_N; ++n) {
-    values[n] = n < N ? static_cast<acc_t>(v[(b * N + n) * C + c]) : acc_t(0);
-    dk[n] = dv[n] = acc_t(0);
-  }
-  const int64_t first = chunk * kChunk, last = min(P, first + kChunk);
-  for (int64_t p = first; p < last; ++p) {
-    const acc_t* w = weights + (bh * P + p) * N;
-    const acc_t* ds = dscores + (bh * P + p) * N;
-    acc_t attention = acc_t(0);
+    for (int n = 0; n < MAX_N; ++n) {
+      dw[n] = acc_t(0);
+      if (warp == 0) weights[lane * stride + n] = lane < rows ? w[n] : acc_t(0);  // 0 from N on
+    }
+    __syncthreads();
+    // (1) dx, da through the tiles; dW_n per position; dv = Σ_p W·da per channel.
+    for (int c0 = warp * kChannels; c0 < D; c0 += warps * kChannels) {
+      const int cols = min(kChannels, D - c0);
+      load_tile(tile_a, grad, row_base + c0, C, rows, cols, lane);
+      load_tile(tile_b, x, row_base + c0, C, rows, cols, lane);
+      load_keys<MAX_N>(chunk, v, key_base + c0, C, N, cols, lane);
+      __syncwarp();
+      acc_t* upstream = tile_a + lane * kStride;  // becomes dx
+      acc_t* input = tile_b + lane * kStride;     // becomes da
+      for (int c = 0; c < kChannels; c += 4) {
+        const Quad<acc_t> a = combine<MAX_N>(w, chunk, N, c);
+        const acc_t attention[4] = {a.x, a.y, a.z, a.w};
+        acc_t da[4];
 #pragma unroll
-    for (int n = 0; n < MAX_N; ++n)
-      if (n < N) attention += w[n] * values[n];
-    const int64_t i = (b * P + p) * C + c;
-    const acc_t g = sigmoid(attention);
-    const acc_t dattention = static_cast<acc_t>(grad[i]) * static_cast<acc_t>(x[i]) * g * (acc_t(1) - g);
-    const acc_t query = static_cast<acc_t>(q[i]);
+        for (int j = 0; j < 4; ++j) {
+          const acc_t g = sigmoid(attention[j]), gr = upstream[c + j];
+          da[j] = gr * input[c + j] * g * (acc_t(1) - g);
+          upstream[c + j] = gr * g;
+          input[c + j] = da[j];
+        }
 #pragma unroll
-    for (int n = 0; n < MAX_N; ++n)
-      if (n < N) {
-        dv[n] += w[n] * dattention;
-        dk[n] += ds[n] * query;
+        for (int n = 0; n < MAX_N; ++n)
+          if (n < N) {
+            const Quad<acc_t> vv = load_quad(chunk + n * kChannels + c);
+            dw[n] += da[0] * vv.x + da[1] * vv.y + da[2] * vv.z + da[3] * vv.w;
+          }
       }
-  }
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n)
-    if (n < N) {
-      const int64_t o = ((b * chunks + chunk) * N + n) * C + c;
-      dk_part[o] = dk[n];
-      dv_part[o] = dv[n];
+      __syncwarp();
+      store_tile(tile_a, dx, row_base + c0, C, rows, cols, lane);
+      if (lane < cols) add_column_products<MAX_N>(dv_part + partial_base + c0 + lane, weights, tile_b, C, N, accumulate, lane);
+      __syncwarp();
     }
+    // Score gradients dS_n = W_n·(dW_n − Σ_m W_m·dW_m), with the softmax's scale.
+    sum_over_warps<MAX_N>(dw, shared, N, warp, warps, lane);
+    acc_t dot = acc_t(0);
+#pragma unroll
+    for (int n = 0; n < MAX_N; ++n) dot += w[n] * dw[n];
+#pragma unroll
+    for (int n = 0; n < MAX_N; ++n) {
+      dw[n] = w[n] * (dw[n] - dot) * scale;
+      if (warp == 0) dscores[lane * stride + n] = lane < rows ? dw[n] : acc_t(0);
+    }
+    __syncthreads();
+    // (2) dq = dS·k per position; dk = Σ_p dS·q per channel.
+    for (int c0 = warp * kChannels; c0 < D; c0 += warps * kChannels) {
+      const int cols = min(kChannels, D - c0);
+      load_tile(tile_b, q, row_base + c0, C, rows, cols, lane);
+      load_keys<MAX_N>(chunk, k, key_base + c0, C, N, cols, lane);
+      __syncwarp();
+      acc_t* out = tile_a + lane * kStride;
+      for (int c = 0; c < kChannels; c += 4) {
+        const Quad<acc_t> g = combine<MAX_N>(dw, chunk, N, c);
+        out[c] = g.x;
+        out[c + 1] = g.y;
+        out[c + 2] = g.z;
+        out[c + 3] = g.w;
+      }
+      __syncwarp();
+      store_tile(tile_a, dq, row_base + c0, C, rows, cols, lane);
+      if (lane < cols) add_column_products<MAX_N>(dk_part + partial_base + c0 + lane, dscores, tile_b, C, N, accumulate, lane);
+      __syncwarp();
+    }
+    __syncthreads();  // before the next tile rewrites the weights, score gradients and buffers
+  }
+}
+
+// Warps per block: one per chunk of the head's channels, at most 4 (2 for double, whose buffers are twice
+// the size).
+int block_warps(int D, bool wide) { return std::max(1, std::min(wide ? 2 : 4, (D + kChannels - 1) / kChannels)); }
+
+// Lets `kernel` take `bytes` of dynamic shared memory (over 48 KiB needs the opt-in).
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 void check(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
@@ -188,14 +375,18 @@ at::Tensor survey_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& q_, 
   const int64_t B = x.size(0), P = x.size(1), C = x.size(2);
   const int N = static_cast<int>(k.size(1)), H = static_cast<int>(heads), D = static_cast<int>(C / heads);
   if (y.numel() == 0) return y;
-  const int64_t blocks = warp_blocks(B * H * P);
+  const int warps = block_warps(D, x.scalar_type() == at::kDouble);
+  const dim3 grid(static_cast<unsigned>((P + kTile - 1) / kTile), static_cast<unsigned>(B * H));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "survey_gate_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
     PROVG_DISPATCH_KEYS(N, [&] {
-      survey_forward_kernel<scalar_t, acc_t, MAX_N><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      const auto kernel = survey_forward_kernel<scalar_t, acc_t, MAX_N>;
+      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 1, 0);
+      allow_shared(kernel, bytes);
+      kernel<<<grid, warps * kWarp, bytes, c10::cuda::getCurrentCUDAStream()>>>(
           x.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-          v.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(), y.data_ptr<scalar_t>(), B, P, C, N, H, D, scale);
+          v.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(), y.data_ptr<scalar_t>(), P, C, N, H, D, scale);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -213,32 +404,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
   const int N = static_cast<int>(k.size(1)), H = static_cast<int>(heads), D = static_cast<int>(C / heads);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor dx = at::empty_like(x), dq = at::empty_like(q);
-  const int64_t chunks = std::max<int64_t>(1, (P + kChunk - 1) / kChunk);
-  at::Tensor dk_part = at::zeros({B, chunks, N, C}, x.options().dtype(acc_type));
-  at::Tensor dv_part = at::zeros({B, chunks, N, C}, x.options().dtype(acc_type));
-  if (x.numel() > 0) {
-    at::Tensor weights = at::empty({B, H, P, N}, x.options().dtype(acc_type));
-    at::Tensor dscores = at::empty({B, H, P, N}, x.options().dtype(acc_type));
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "survey_gate_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
-      PROVG_DISPATCH_KEYS(N, [&] {
-        survey_backward_rows_kernel<scalar_t, acc_t, MAX_N><<<warp_blocks(B * H * P), kThreads, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
-            k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(),
-            dx.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), weights.data_ptr<acc_t>(), dscores.data_ptr<acc_t>(),
-            B, P, C, N, H, D, scale);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        const dim3 grid((D + 127) / 128, chunks, B * H);
-        survey_backward_columns_kernel<scalar_t, acc_t, MAX_N><<<grid, 128, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
-            v.const_data_ptr<scalar_t>(), weights.const_data_ptr<acc_t>(), dscores.const_data_ptr<acc_t>(),
-            dk_part.data_ptr<acc_t>(), dv_part.data_ptr<acc_t>(), P, C, N, H, D, chunks);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  if (x.numel() == 0) return {dx, dq, at::zeros_like(k), at::zeros_like(v)};
+  const bool wide = x.scalar_type() == at::kDouble;
+  const int warps = block_warps(D, wide);
+  const int64_t tiles = (P + kTile - 1) / kTile;
+  at::Tensor dk_part, dv_part;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "survey_gate_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
+    PROVG_DISPATCH_KEYS(N, [&] {
+      const auto kernel = survey_backward_kernel<scalar_t, acc_t, MAX_N>;
+      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 2, 2);
+      allow_shared(kernel, bytes);
+      // As many blocks as fit on the device at once, each walking consecutive tiles of one (b, h): fewer
+      // partial rows to write and add up than one block per tile.
+      int resident = 0, processors = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, warps * kWarp, bytes));
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, x.get_device()));
+      const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(resident) * processors);
+      const int64_t per_item = std::min(tiles, std::max<int64_t>(1, wanted / (B * H)));
+      const int64_t tiles_per_block = (tiles + per_item - 1) / per_item;
+      const int64_t partial_rows = (tiles + tiles_per_block - 1) / tiles_per_block;
+      dk_part = at::empty({B, partial_rows, N, C}, x.options().dtype(acc_type));
+      dv_part = at::empty_like(dk_part);
+      const dim3 grid(static_cast<unsigned>(partial_rows), static_cast<unsigned>(B * H));
+      kernel<<<grid, warps * kWarp, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+          grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
+          k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(),
+          dx.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), dk_part.data_ptr<acc_t>(), dv_part.data_ptr<acc_t>(), P,
+          C, N, H, D, scale, tiles, tiles_per_block, partial_rows);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-  }
+  });
   return {dx, dq, dk_part.sum(1).to(k.scalar_type()), dv_part.sum(1).to(v.scalar_type())};
 }
 
