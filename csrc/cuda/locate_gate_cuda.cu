@@ -1,8 +1,9 @@
 // CUDA kernels of provg::locate_gate_{forward,backward} (Eq. 3–4). One warp per position: lanes split
-// the channels, the scalar query x·w + b is a warp sum, the attention over the spatial tokens runs in
-// registers, and each lane writes its channels. The backward also writes, per position, the score
-// gradient terms for k and v and the query gradient; their sums over positions (and dw = Σ_p dq·x, a
-// column reduction) follow without atomics.
+// the channels for the scalar query x·w + b (a warp sum), and split the N ≤ 64 spatial tokens for the
+// attention (lane j holds tokens j and j + 32, the softmax's maximum and sum are warp reductions), so no
+// lane walks all N keys; each lane writes its channels. The backward also writes, per position, the
+// score gradient terms for k and v (each lane its tokens') and the query gradient; their sums over
+// positions (and dw = Σ_p dq·x, a column reduction) follow without atomics.
 #include <torch/library.h>
 
 #include "../gates.h"
@@ -13,7 +14,55 @@ namespace {
 
 using namespace cuda;
 
-template <typename scalar_t, typename acc_t, int MAX_N>
+constexpr int kKeysPerLane = 2;  // N ≤ 64 tokens over a warp
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T value) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) value = max(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  return value;
+}
+
+// The attention of one scalar query over the N keys of a batch item, spread over the warp (lane j holds
+// keys j and j + 32): the lane's keys, values and softmax weights (0 for masked or missing keys; all 0
+// when no key is valid), and the attention Σ_n w_n·v_n, the same in every lane.
+template <typename scalar_t, typename acc_t>
+struct SpreadAttention {
+  acc_t key[kKeysPerLane], value[kKeysPerLane], weight[kKeysPerLane], attention;
+
+  __device__ __forceinline__ SpreadAttention(acc_t query, const scalar_t* __restrict__ keys,
+                                             const scalar_t* __restrict__ values, const bool* __restrict__ valid,
+                                             int N, int lane) {
+    bool ok[kKeysPerLane];
+    acc_t top = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kKeysPerLane; ++j) {
+      const int n = lane + j * kWarp;
+      key[j] = n < N ? static_cast<acc_t>(keys[n]) : acc_t(0);
+      value[j] = n < N ? static_cast<acc_t>(values[n]) : acc_t(0);
+      ok[j] = n < N && valid[n];
+      if (ok[j]) top = max(top, query * key[j]);
+    }
+    top = warp_max(top);
+    acc_t total = acc_t(0);
+#pragma unroll
+    for (int j = 0; j < kKeysPerLane; ++j) {
+      weight[j] = ok[j] ? exp(query * key[j] - top) : acc_t(0);
+      total += weight[j];
+    }
+    total = warp_sum(total);
+    const acc_t inverse = total > acc_t(0) ? acc_t(1) / total : acc_t(0);
+    acc_t part = acc_t(0);
+#pragma unroll
+    for (int j = 0; j < kKeysPerLane; ++j) {
+      weight[j] *= inverse;
+      part += weight[j] * value[j];
+    }
+    attention = warp_sum(part);
+  }
+};
+
+template <typename scalar_t, typename acc_t>
 __global__ void locate_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wvec,
                                       const scalar_t* __restrict__ bias, const scalar_t* __restrict__ k,
                                       const scalar_t* __restrict__ v, const bool* __restrict__ mask,
@@ -25,12 +74,12 @@ __global__ void locate_forward_kernel(const scalar_t* __restrict__ x, const scal
   acc_t partial = acc_t(0);
   for (int64_t c = lane; c < C; c += kWarp) partial += static_cast<acc_t>(x[row + c]) * static_cast<acc_t>(wvec[c]);
   const acc_t query = warp_sum(partial) + static_cast<acc_t>(bias[0]);
-  acc_t w[MAX_N];
-  const acc_t g = scalar_query_gate<scalar_t, acc_t, MAX_N>(query, k + b * N, v + b * N, mask + b * N, N, w);
+  const SpreadAttention<scalar_t, acc_t> a(query, k + b * N, v + b * N, mask + b * N, N, lane);
+  const acc_t g = sigmoid(a.attention);
   for (int64_t c = lane; c < C; c += kWarp) y[row + c] = static_cast<scalar_t>(static_cast<acc_t>(x[row + c]) * g);
 }
 
-template <typename scalar_t, typename acc_t, int MAX_N>
+template <typename scalar_t, typename acc_t>
 __global__ void locate_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                        const scalar_t* __restrict__ wvec, const scalar_t* __restrict__ bias,
                                        const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
@@ -51,16 +100,23 @@ __global__ void locate_backward_kernel(const scalar_t* __restrict__ grad, const 
   }
   const acc_t query = warp_sum(query_part) + static_cast<acc_t>(bias[0]);
   const acc_t product = warp_sum(product_part);
-  const scalar_t* keys = k + b * N;
-  const scalar_t* values = v + b * N;
-  acc_t w[MAX_N];
-  const acc_t g = scalar_query_gate<scalar_t, acc_t, MAX_N>(query, keys, values, mask + b * N, N, w);
+  const SpreadAttention<scalar_t, acc_t> a(query, k + b * N, v + b * N, mask + b * N, N, lane);
+  const acc_t g = sigmoid(a.attention);
   const acc_t dattention = product * g * (acc_t(1) - g);
-  const bool writer = lane == 0;  // one lane writes the position's terms
-  const acc_t dquery = scalar_query_gate_backward<scalar_t, acc_t, MAX_N>(
-      query, dattention, keys, values, w, N, writer ? dk_terms + warp * N : nullptr,
-      writer ? dv_terms + warp * N : nullptr);
-  if (writer) dquery_out[warp] = dquery;
+  // ds_n = w_n·(dattention·v_n − Σ_m w_m·dattention·v_m), and Σ_m w_m·v_m is the attention.
+  acc_t dquery_part = acc_t(0);
+#pragma unroll
+  for (int j = 0; j < kKeysPerLane; ++j) {
+    const int n = lane + j * kWarp;
+    const acc_t ds = a.weight[j] * dattention * (a.value[j] - a.attention);
+    dquery_part += ds * a.key[j];
+    if (n < N) {
+      dk_terms[warp * N + n] = ds * query;
+      dv_terms[warp * N + n] = a.weight[j] * dattention;
+    }
+  }
+  const acc_t dquery = warp_sum(dquery_part);
+  if (lane == 0) dquery_out[warp] = dquery;
   for (int64_t c = lane; c < C; c += kWarp)
     dx[row + c] = static_cast<scalar_t>(static_cast<acc_t>(grad[row + c]) * g + dquery * static_cast<acc_t>(wvec[c]));
 }
@@ -91,14 +147,11 @@ at::Tensor locate_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& w_, 
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "locate_gate_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    PROVG_DISPATCH_KEYS(N, [&] {
-      locate_forward_kernel<scalar_t, acc_t, MAX_N><<<warp_blocks(B * P), kThreads, 0,
-                                                      c10::cuda::getCurrentCUDAStream()>>>(
-          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
-          k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(),
-          y.data_ptr<scalar_t>(), B, P, C, N);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    locate_forward_kernel<scalar_t, acc_t><<<warp_blocks(B * P), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+        k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(),
+        y.data_ptr<scalar_t>(), B, P, C, N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;
 }
@@ -114,21 +167,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> locate_ga
   const int N = static_cast<int>(k.size(1));
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor dx = at::empty_like(x);
-  at::Tensor dquery = at::zeros({B, P}, x.options().dtype(acc_type));
-  at::Tensor dk_terms = at::zeros({B, P, N}, x.options().dtype(acc_type));
-  at::Tensor dv_terms = at::zeros({B, P, N}, x.options().dtype(acc_type));
-  if (x.numel() > 0) {
+  // The kernel writes every element of the terms; with no channels (or positions) it does not run.
+  const bool runs = x.numel() > 0;
+  const auto terms = x.options().dtype(acc_type);
+  at::Tensor dquery = runs ? at::empty({B, P}, terms) : at::zeros({B, P}, terms);
+  at::Tensor dk_terms = runs ? at::empty({B, P, N}, terms) : at::zeros({B, P, N}, terms);
+  at::Tensor dv_terms = runs ? at::empty({B, P, N}, terms) : at::zeros({B, P, N}, terms);
+  if (runs) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "locate_gate_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      PROVG_DISPATCH_KEYS(N, [&] {
-        locate_backward_kernel<scalar_t, acc_t, MAX_N><<<warp_blocks(B * P), kThreads, 0,
-                                                         c10::cuda::getCurrentCUDAStream()>>>(
-            grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-            b.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-            mask.const_data_ptr<bool>(), dx.data_ptr<scalar_t>(), dquery.data_ptr<acc_t>(),
-            dk_terms.data_ptr<acc_t>(), dv_terms.data_ptr<acc_t>(), B, P, C, N);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+      locate_backward_kernel<scalar_t, acc_t><<<warp_blocks(B * P), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          b.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+          mask.const_data_ptr<bool>(), dx.data_ptr<scalar_t>(), dquery.data_ptr<acc_t>(),
+          dk_terms.data_ptr<acc_t>(), dv_terms.data_ptr<acc_t>(), B, P, C, N);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   at::Tensor dw = column_sums(x, nullptr, &dquery).sum(0);  // Σ_{b,p} dquery · x
