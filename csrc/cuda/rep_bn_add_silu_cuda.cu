@@ -3,10 +3,15 @@
 //
 // Forward: (1, training only) a statistics kernel on a 2-D grid (channel tiles × chunks of the B·L
 // positions) accumulates the shifted sums Σ(x_i − k_i), Σ(x_i − k_i)² (k_i = x_i[0, c, 0]) of each
-// branch into per-chunk partials (no atomics, deterministic), summed in order by ATen; (2) an
-// elementwise kernel (grid-stride, 16-byte vectors when aligned) recomputes s and writes y = s·σ(s).
+// branch into per-chunk partials (no atomics, deterministic), which ATen's sum adds up (a thread per
+// channel walking the chunks in order ran 0.1 ms longer at 120² on an H200); (2) a thread per channel
+// writes the batch mean and variance and scale_i = γ_i·rsqrt(var_i + eps); (3) an elementwise kernel
+// (grid-stride, 16-byte vectors when aligned) recomputes s and writes y = s·σ(s).
 // Backward: (1) the same reduction recomputes s and ds = grad·σ(s)·(1 + s·(1 − σ(s))) to give Σ ds and
-// Σ ds·(x_i − μ_i) per channel; (2) an elementwise kernel writes every dx_i in one pass.
+// Σ ds·(x_i − μ_i) per channel; (2) a thread per channel turns them into dγ, dβ and the terms of dx;
+// (3) an elementwise kernel writes every dx_i in one pass.
+// Four launches each way: the per-channel step is a kernel of its own rather than a dozen ATen
+// operations, whose host time per call (several µs each) outweighed the kernels at the CFM shapes.
 // Blocks walk positions fastest for NCHW (coalesced along H·W) and channels fastest for channels-last.
 #include <torch/library.h>
 
@@ -57,16 +62,17 @@ __device__ __forceinline__ acc_t silu_grad(acc_t g, acc_t s) {
 
 // Per-channel sums over one chunk of the n = B·L positions. Block (TC channels × TP positions, TC·TP =
 // kThreads), grid (⌈C / TC⌉ channel tiles, chunks); partial is (chunks, NA, C).
-//   forward  (NA = 2K): acc[k] = Σ (x_k − center_k), acc[K + k] = Σ (x_k − center_k)²   (center = shift)
-//   backward (NA = K + 1): acc[0] = Σ ds, acc[1 + k] = Σ ds·(x_k − center_k)            (center = mean)
+//   forward  (NA = 2K): acc[k] = Σ (x_k − k_k), acc[K + k] = Σ (x_k − k_k)²   (shift k_k = x_k[0, c, 0])
+//   backward (NA = K + 1): acc[0] = Σ ds, acc[1 + k] = Σ ds·(x_k − μ_k)
 // NCHW (TC = 1) advances (b, l) by TP = (step_b, step_l) per step, without divisions.
 template <typename scalar_t, typename acc_t, int K, bool BACKWARD, bool CL>
 __global__ void channel_sums_kernel(Branches<scalar_t> in, const scalar_t* __restrict__ grad,
-                                    const acc_t* __restrict__ center,  // (K, C)
-                                    const acc_t* __restrict__ scale,   // (K, C), backward only
+                                    const acc_t* __restrict__ mean,    // (K, C), backward only
+                                    const acc_t* __restrict__ var,     // (K, C), backward only
+                                    const acc_t* __restrict__ weight,  // (K, C), backward only
                                     const acc_t* __restrict__ bias,    // (K, C), backward only
-                                    acc_t* __restrict__ partial, int64_t C, int64_t L, int64_t n, int64_t chunk_len,
-                                    int64_t step_b, int64_t step_l) {
+                                    acc_t eps, acc_t* __restrict__ partial, int64_t C, int64_t L, int64_t n,
+                                    int64_t chunk_len, int64_t step_b, int64_t step_l) {
   constexpr int NA = BACKWARD ? K + 1 : 2 * K;
   __shared__ acc_t shared[NA][kThreads];
   const int tx = threadIdx.x, ty = threadIdx.y;
@@ -81,16 +87,26 @@ __global__ void channel_sums_kernel(Branches<scalar_t> in, const scalar_t* __res
   for (int a = 0; a < NA; ++a) acc[a] = acc_t(0);
 
   if (c < C) {
-    acc_t ctr[K];
+    // The channel's centre (forward: the shift, backward: the mean), and for the backward its scale and bias.
+    acc_t center[K], scale[K], shift[K];
 #pragma unroll
-    for (int k = 0; k < K; ++k) ctr[k] = center[k * C + c];
-    auto visit = [&](int64_t o) {
-      acc_t xv[K];
-#pragma unroll
-      for (int k = 0; k < K; ++k) xv[k] = static_cast<acc_t>(in.x[k][o]);
+    for (int k = 0; k < K; ++k) {
       if constexpr (BACKWARD) {
-        acc_t d[K];
-        const acc_t s = pre_activation<acc_t, K>(xv, d, c, C, center, scale, bias);
+        center[k] = mean[k * C + c];
+        scale[k] = weight[k * C + c] * rsqrt(var[k * C + c] + eps);
+        shift[k] = bias[k * C + c];
+      } else {
+        center[k] = static_cast<acc_t>(in.x[k][CL ? c : c * L]);
+      }
+    }
+    auto visit = [&](int64_t o) {
+      acc_t d[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) d[k] = static_cast<acc_t>(in.x[k][o]) - center[k];
+      if constexpr (BACKWARD) {
+        acc_t s = acc_t(0);
+#pragma unroll
+        for (int k = 0; k < K; ++k) s += d[k] * scale[k] + shift[k];
         const acc_t ds = silu_grad(static_cast<acc_t>(grad[o]), s);
         acc[0] += ds;
 #pragma unroll
@@ -98,9 +114,8 @@ __global__ void channel_sums_kernel(Branches<scalar_t> in, const scalar_t* __res
       } else {
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-          const acc_t d = xv[k] - ctr[k];
-          acc[k] += d;
-          acc[K + k] += d * d;
+          acc[k] += d[k];
+          acc[K + k] += d[k] * d[k];
         }
       }
     };
@@ -141,6 +156,57 @@ __global__ void channel_sums_kernel(Branches<scalar_t> in, const scalar_t* __res
 #pragma unroll
     for (int a = 0; a < NA; ++a) partial[(static_cast<int64_t>(blockIdx.y) * NA + a) * C + c] = shared[a][tx];
   }
+}
+
+// A thread per channel, given the forward's (2K, C) shifted sums (training; null in eval): writes the
+// batch mean and the biased variance of each branch (sums over n values of the shifted x), and scale_k =
+// γ_k·rsqrt(var_k + eps) with the batch variance or, in eval, the given one.
+template <typename scalar_t, typename acc_t, int K, bool CL>
+__global__ void forward_stats_kernel(Branches<scalar_t> in, const acc_t* __restrict__ sums,
+                                     const acc_t* __restrict__ weight, const acc_t* __restrict__ given_var,
+                                     acc_t* __restrict__ mean, acc_t* __restrict__ var, acc_t* __restrict__ scale,
+                                     int64_t C, int64_t L, acc_t count, acc_t eps) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t i = k * C + c;
+    acc_t variance;
+    if (sums != nullptr) {
+      const acc_t m1 = sums[i] / count, m2 = sums[(K + k) * C + c] / count;
+      variance = m2 - m1 * m1;
+      variance = variance > acc_t(0) ? variance : acc_t(0);
+      mean[i] = static_cast<acc_t>(in.x[k][CL ? c : c * L]) + m1;
+      var[i] = variance;
+    } else {
+      variance = given_var[i];
+    }
+    scale[i] = weight[i] * rsqrt(variance + eps);
+  }
+}
+
+// A thread per channel, given the backward's (K + 1, C) sums: dγ_k = rstd_k·Σ ds·(x_k − μ_k), dβ_k = Σ ds, the
+// scale γ_k·rstd_k, and in training the terms of dx (mean_ds = Σ ds / n, proj_k = rstd_k²·Σ ds·(x_k − μ_k)
+// / n; both null in eval).
+template <typename acc_t, int K>
+__global__ void backward_stats_kernel(const acc_t* __restrict__ sums, const acc_t* __restrict__ weight,
+                                      const acc_t* __restrict__ var, acc_t* __restrict__ scale,
+                                      acc_t* __restrict__ dweight, acc_t* __restrict__ dbias,
+                                      acc_t* __restrict__ mean_ds, acc_t* __restrict__ proj, int64_t C, acc_t count,
+                                      acc_t eps) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const acc_t sum_ds = sums[c];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t i = k * C + c;
+    const acc_t rstd = rsqrt(var[i] + eps), sum_dsx = sums[(1 + k) * C + c];
+    scale[i] = weight[i] * rstd;
+    dweight[i] = rstd * sum_dsx;
+    dbias[i] = sum_ds;
+    if (proj != nullptr) proj[i] = rstd * rstd * sum_dsx / count;
+  }
+  if (mean_ds != nullptr) mean_ds[c] = sum_ds / count;
 }
 
 // y = SiLU(s) elementwise; VEC elements per step (16-byte packs), the total % VEC tail one at a time.
@@ -303,10 +369,11 @@ bool all_aligned(at::TensorList xs, const void* a, const void* b) {
   return ok;
 }
 
-// (NA, C) per-channel sums of channel_sums_kernel (see there), partials summed over chunks by ATen.
+// The (NA, C) sums of channel_sums_kernel (see there), its per-chunk partials added by ATen; the backward
+// passes the normalization's parameters (K, C) and eps, the forward none of them.
 template <typename scalar_t, int K, bool BACKWARD>
-at::Tensor channel_sums(const Shape& s, at::TensorList inputs, const at::Tensor* grad, const at::Tensor& center,
-                        const at::Tensor* scale, const at::Tensor* bias) {
+at::Tensor channel_sums(const Shape& s, at::TensorList inputs, const at::Tensor* grad, const at::Tensor* mean,
+                        const at::Tensor* var, const at::Tensor* weight, const at::Tensor* bias, double eps) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int NA = BACKWARD ? K + 1 : 2 * K;
   int tc = 1;
@@ -322,27 +389,25 @@ at::Tensor channel_sums(const Shape& s, at::TensorList inputs, const at::Tensor*
   chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, 65535));
   const int64_t chunk_len = ceil_div(s.n, chunks);
   chunks = ceil_div(s.n, chunk_len);
-  at::Tensor partial = at::empty({chunks, NA, s.C}, center.options());
+  at::Tensor partial = at::empty({chunks, NA, s.C}, inputs[0].options().dtype(s.acc));
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks));
   const dim3 block(tc, tp);
   const int64_t step_b = tp / s.L, step_l = tp % s.L;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const Branches<scalar_t> in = branch_pointers<scalar_t>(inputs);
   const scalar_t* g = grad ? grad->const_data_ptr<scalar_t>() : nullptr;
-  const acc_t* sc = scale ? scale->const_data_ptr<acc_t>() : nullptr;
-  const acc_t* bi = bias ? bias->const_data_ptr<acc_t>() : nullptr;
-  if (s.cl) {
-    channel_sums_kernel<scalar_t, acc_t, K, BACKWARD, true><<<grid, block, 0, stream>>>(
-        in, g, center.const_data_ptr<acc_t>(), sc, bi, partial.data_ptr<acc_t>(), s.C, s.L, s.n, chunk_len, step_b,
-        step_l);
-  } else {
-    channel_sums_kernel<scalar_t, acc_t, K, BACKWARD, false><<<grid, block, 0, stream>>>(
-        in, g, center.const_data_ptr<acc_t>(), sc, bi, partial.data_ptr<acc_t>(), s.C, s.L, s.n, chunk_len, step_b,
-        step_l);
-  }
+  auto pointer = [](const at::Tensor* t) { return t ? t->const_data_ptr<acc_t>() : nullptr; };
+  const auto kernel = s.cl ? channel_sums_kernel<scalar_t, acc_t, K, BACKWARD, true>
+                           : channel_sums_kernel<scalar_t, acc_t, K, BACKWARD, false>;
+  kernel<<<grid, block, 0, stream>>>(in, g, pointer(mean), pointer(var), pointer(weight), pointer(bias),
+                                     static_cast<acc_t>(eps), partial.data_ptr<acc_t>(), s.C, s.L, s.n, chunk_len,
+                                     step_b, step_l);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partial.sum(0);
 }
+
+// Threads of the per-channel kernels: one per channel.
+inline unsigned channel_blocks(int64_t C) { return static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(kThreads))); }
 
 template <typename scalar_t, int K>
 void forward_apply(const Shape& s, at::TensorList inputs, const at::Tensor& mean, const at::Tensor& scale,
@@ -426,34 +491,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rep_bn_add_silu_forward_cuda(
   }
   at::Tensor y = at::empty_like(inputs[0]);
   const at::Tensor weight = weight_.contiguous(), bias = bias_.contiguous();
-  at::Tensor mean, var;
   if (training) {
     TORCH_CHECK(s.n > 1, op, ": batch statistics need more than 1 value per channel, got input size ",
                 inputs[0].sizes());
     if (s.C == 0) return {y, at::empty({s.K, 0}, weight.options()), at::empty({s.K, 0}, weight.options())};
-    // Shift k_i = x_i[0, c, 0] (the channel's first element) against cancellation in the one-pass sums.
-    std::vector<at::Tensor> firsts;
-    for (const auto& x : inputs) firsts.push_back(x.select(0, 0).select(1, 0).select(1, 0).to(s.acc));
-    const at::Tensor shift = at::stack(firsts).contiguous();  // (K, C)
-    at::Tensor sums;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "rep_bn_add_silu_stats", [&] {
-      PROVG_DISPATCH_BRANCHES(s.K, K, [&] {
-        sums = channel_sums<scalar_t, K, false>(s, inputs, nullptr, shift, nullptr, nullptr);
-      });
-    });
-    const double count = static_cast<double>(s.n);
-    const at::Tensor m1 = sums.narrow(0, 0, s.K) / count;
-    const at::Tensor m2 = sums.narrow(0, s.K, s.K) / count;
-    mean = (shift + m1).contiguous();
-    var = (m2 - m1 * m1).clamp_min(0).contiguous();
-  } else {
-    mean = mean_.contiguous();
-    var = var_.contiguous();
   }
-  if (s.total > 0) {
-    const at::Tensor scale = (weight * at::rsqrt(var + eps)).contiguous();
+  at::Tensor mean = training ? at::empty({s.K, s.C}, weight.options()) : mean_.contiguous();
+  at::Tensor var = training ? at::empty({s.K, s.C}, weight.options()) : var_.contiguous();
+  if (training || s.total > 0) {
+    const at::Tensor scale = at::empty({s.K, s.C}, weight.options());
+    const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "rep_bn_add_silu_forward", [&] {
-      PROVG_DISPATCH_BRANCHES(s.K, K, [&] { forward_apply<scalar_t, K>(s, inputs, mean, scale, bias, y); });
+      using acc_t = at::opmath_type<scalar_t>;
+      PROVG_DISPATCH_BRANCHES(s.K, K, [&] {
+        at::Tensor sums;
+        if (training)
+          sums = channel_sums<scalar_t, K, false>(s, inputs, nullptr, nullptr, nullptr, nullptr, nullptr, eps);
+        const auto stats = s.cl ? forward_stats_kernel<scalar_t, acc_t, K, true>
+                                : forward_stats_kernel<scalar_t, acc_t, K, false>;
+        stats<<<channel_blocks(s.C), kThreads, 0, stream>>>(
+            branch_pointers<scalar_t>(inputs), training ? sums.const_data_ptr<acc_t>() : nullptr,
+            weight.const_data_ptr<acc_t>(), training ? nullptr : var.const_data_ptr<acc_t>(),
+            training ? mean.data_ptr<acc_t>() : nullptr, training ? var.data_ptr<acc_t>() : nullptr,
+            scale.data_ptr<acc_t>(), s.C, s.L, static_cast<acc_t>(s.n), static_cast<acc_t>(eps));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (s.total > 0) forward_apply<scalar_t, K>(s, inputs, mean, scale, bias, y);
+      });
     });
   }
   if (training) return {y, mean, var};
@@ -480,27 +543,25 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
   for (const auto& x : inputs) dinputs.push_back(at::empty_like(x));
   const at::Tensor weight = weight_.contiguous(), bias = bias_.contiguous();
   if (s.total == 0) return {dinputs, at::zeros_like(weight), at::zeros_like(bias)};
-  const at::Tensor mean = mean_.contiguous();
-  const at::Tensor rstd = at::rsqrt(var_ + eps).contiguous();
-  const at::Tensor scale = (weight * rstd).contiguous();
-  at::Tensor sums;  // (K + 1, C): Σ ds, Σ ds·(x_k − μ_k)
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "rep_bn_add_silu_grad_sums", [&] {
-    PROVG_DISPATCH_BRANCHES(s.K, K, [&] {
-      sums = channel_sums<scalar_t, K, true>(s, inputs, &grad, mean, &scale, &bias);
-    });
-  });
-  const at::Tensor sum_ds = sums.select(0, 0);
-  const at::Tensor sum_dsx = sums.narrow(0, 1, s.K);
-  at::Tensor dweight = (rstd * sum_dsx).contiguous();
-  at::Tensor dbias = sum_ds.unsqueeze(0).expand({s.K, s.C}).contiguous();
+  const at::Tensor mean = mean_.contiguous(), var = var_.contiguous();
+  const at::Tensor scale = at::empty({s.K, s.C}, weight.options());
+  at::Tensor dweight = at::empty({s.K, s.C}, weight.options()), dbias = at::empty({s.K, s.C}, weight.options());
   at::Tensor mean_ds, proj;
   if (training) {
-    const double count = static_cast<double>(s.n);
-    mean_ds = (sum_ds / count).contiguous();
-    proj = (rstd * rstd * sum_dsx / count).contiguous();
+    mean_ds = at::empty({s.C}, weight.options());
+    proj = at::empty({s.K, s.C}, weight.options());
   }
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "rep_bn_add_silu_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     PROVG_DISPATCH_BRANCHES(s.K, K, [&] {
+      const at::Tensor sums = channel_sums<scalar_t, K, true>(s, inputs, &grad, &mean, &var, &weight, &bias, eps);
+      backward_stats_kernel<acc_t, K><<<channel_blocks(s.C), kThreads, 0, stream>>>(
+          sums.const_data_ptr<acc_t>(), weight.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(),
+          scale.data_ptr<acc_t>(), dweight.data_ptr<acc_t>(), dbias.data_ptr<acc_t>(),
+          training ? mean_ds.data_ptr<acc_t>() : nullptr, training ? proj.data_ptr<acc_t>() : nullptr, s.C,
+          static_cast<acc_t>(s.n), static_cast<acc_t>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       backward_apply<scalar_t, K>(s, grad, inputs, dinputs, mean, scale, bias, training ? &mean_ds : nullptr,
                                   training ? &proj : nullptr);
     });
