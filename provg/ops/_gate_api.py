@@ -27,10 +27,11 @@ __all__ = [
 
 GATE_BACKENDS = ("torch", "cpp", "triton", "cuda")
 # On GPU the CUDA kernels come first: their C++ entry points keep a call's host work small, and called
-# as the model calls them (eager, B = 8) they beat the Triton ones at every stage but survey's first, and
-# every CFM size of the tail (H200, 2026-11-28, benchmarks/RESULTS.md: summed over the four stages,
-# survey 2.52 against 3.17 ms, verify and locate 1.7-2x faster; the tail 1.6-1.8x). Triton's kernels run
-# faster on the device alone at some stages (CUDA-graph replays): force them with backend="triton".
+# as the model calls them (eager, B = 8) they beat the Triton ones at every stage but survey's first,
+# and at every CFM size of the tail (H200, 2026-11-28, benchmarks/RESULTS.md: summed over the four
+# stages, survey 2.52 against 3.17 ms; verify and locate 1.6-2.0x faster per stage; the tail 1.6-1.8x).
+# Triton's kernels run faster on the device alone at some stages (CUDA-graph replays): force them with
+# backend="triton".
 _PREFERENCE = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
 _FLOAT = (torch.float32, torch.float64)
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
