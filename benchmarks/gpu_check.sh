@@ -5,7 +5,8 @@
 # reason.
 #   device run: bash benchmarks/gpu_check.sh [steps...]
 #     steps: tests pcm pcm-graph pcm-toy repconv repconv-graph forward mask (default: tests pcm-toy
-#     pcm-graph pcm repconv-graph repconv, about 8 minutes on an H100 with the extension carried); the
+#     pcm-graph pcm repconv-graph repconv, about 8 minutes with the extension carried: 462 s on an H200;
+#     with PCM_ARGS/REPCONV_ARGS "--repeat 20 --no-compile", two gates and the tail only, 180 s); the
 #     -graph steps time replays of CUDA graphs (the device's work without the host's), pcm-toy a 4 × 8
 #     gate (each provider's host cost per call).
 #   Before it, here: bash benchmarks/prebuild_gpu_extension.sh (the device's torch), so the device skips
