@@ -519,8 +519,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
               ": grad must have the inputs' memory layout");
   std::vector<at::Tensor> dinputs;
   for (const at::Tensor& x : inputs) dinputs.push_back(at::empty_like(x));
-  at::Tensor dweight = at::zeros_like(weight), dbias = at::zeros_like(bias);
-  if (g.count() == 0) return {dinputs, dweight, dbias};
+  if (g.count() == 0) return {dinputs, at::zeros_like(weight), at::zeros_like(bias)};
+  at::Tensor dweight = at::empty_like(weight), dbias = at::empty_like(bias);  // every element written below
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "rep_bn_add_silu_backward", [&] {
     using T = scalar_t;
     const Branches<T> in = branches<T>(inputs);
