@@ -19,7 +19,8 @@ constexpr int kKeysPerLane = 2;  // N ≤ 64 tokens over a warp
 template <typename T>
 __device__ __forceinline__ T warp_max(T value) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) value = max(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1)
+    value = max(value, __shfl_xor_sync(0xffffffffu, value, offset));
   return value;
 }
 

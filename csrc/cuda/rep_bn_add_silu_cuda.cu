@@ -88,13 +88,13 @@ __global__ void channel_sums_kernel(Branches<scalar_t> in, const scalar_t* __res
 
   if (c < C) {
     // The channel's centre (forward: the shift, backward: the mean), and for the backward its scale and bias.
-    acc_t center[K], scale[K], shift[K];
+    acc_t center[K], scale[K], beta[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if constexpr (BACKWARD) {
         center[k] = mean[k * C + c];
         scale[k] = weight[k * C + c] * rsqrt(var[k * C + c] + eps);
-        shift[k] = bias[k * C + c];
+        beta[k] = bias[k * C + c];
       } else {
         center[k] = static_cast<acc_t>(in.x[k][CL ? c : c * L]);
       }
@@ -106,7 +106,7 @@ __global__ void channel_sums_kernel(Branches<scalar_t> in, const scalar_t* __res
       if constexpr (BACKWARD) {
         acc_t s = acc_t(0);
 #pragma unroll
-        for (int k = 0; k < K; ++k) s += d[k] * scale[k] + shift[k];
+        for (int k = 0; k < K; ++k) s += d[k] * scale[k] + beta[k];
         const acc_t ds = silu_grad(static_cast<acc_t>(grad[o]), s);
         acc[0] += ds;
 #pragma unroll

@@ -304,7 +304,8 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
       }
       __syncwarp();
       store_tile(tile_a, dx, row_base + c0, C, rows, cols, lane);
-      if (lane < cols) add_column_products<MAX_N>(dv_part + partial_base + c0 + lane, weights, tile_b, C, N, accumulate, lane);
+      if (lane < cols)
+        add_column_products<MAX_N>(dv_part + partial_base + c0 + lane, weights, tile_b, C, N, accumulate, lane);
       __syncwarp();
     }
     // Score gradients dS_n = W_n·(dW_n − Σ_m W_m·dW_m), with the softmax's scale.
@@ -334,7 +335,8 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
       }
       __syncwarp();
       store_tile(tile_a, dq, row_base + c0, C, rows, cols, lane);
-      if (lane < cols) add_column_products<MAX_N>(dk_part + partial_base + c0 + lane, dscores, tile_b, C, N, accumulate, lane);
+      if (lane < cols)
+        add_column_products<MAX_N>(dk_part + partial_base + c0 + lane, dscores, tile_b, C, N, accumulate, lane);
       __syncwarp();
     }
     __syncthreads();  // before the next tile rewrites the weights, score gradients and buffers
