@@ -29,6 +29,13 @@ constexpr int kTile = 32;               // positions per tile: one per lane
 constexpr int kChannels = 32;           // channels per chunk
 constexpr int kStride = kChannels + 1;  // padded tile row: a lane per row hits 32 different banks
 
+// Row stride of the backward's per-position arrays (32, MAX_N + 4): 16-byte aligned rows, read four
+// keys at a time.
+template <int MAX_N>
+constexpr int by_position_stride() {
+  return MAX_N + 4;
+}
+
 template <typename T>
 struct Quad {
   T x, y, z, w;
@@ -56,7 +63,7 @@ __device__ __forceinline__ acc_t* shared_memory() {
 template <typename acc_t, int MAX_N>
 size_t shared_size(int warps, int tiles, int rows) {
   return sizeof(acc_t) * (static_cast<size_t>(warps) * (MAX_N * kChannels + tiles * kTile * kStride) +
-                          static_cast<size_t>(rows) * kTile * (MAX_N + 4));
+                          static_cast<size_t>(rows) * kTile * by_position_stride<MAX_N>());
 }
 
 // tile[r][lane] = src[base + r·C + lane] for the tile's rows and the chunk's columns, 0 elsewhere.
@@ -157,13 +164,6 @@ __device__ __forceinline__ void attention_weights(acc_t (&w)[MAX_N], const scala
 #pragma unroll
   for (int n = 0; n < MAX_N; ++n) w[n] *= scale;
   masked_softmax<acc_t, MAX_N>(w, valid, N);
-}
-
-// Row stride of the backward's per-position arrays (32, MAX_N + 4): 16-byte aligned rows, read four
-// keys at a time.
-template <int MAX_N>
-constexpr int by_position_stride() {
-  return MAX_N + 4;
 }
 
 // out[n·C] (= or +=) Σ_p by_position[p][n]·tile[p][lane] for the N keys: the lane's column of dk or dv.
