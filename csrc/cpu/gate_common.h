@@ -36,6 +36,12 @@ struct Blocks {
   }
   int64_t first(int64_t block) const { return block * rows / count; }
   int64_t last(int64_t block) const { return (block + 1) * rows / count; }
+
+  // Job j of a pass over (batch item, block) pairs: its batch item and the rows [first, last) of its block.
+  struct Job {
+    int64_t b, first, last;
+  };
+  Job job(int64_t j) const { return {j / count, first(j % count), last(j % count)}; }
 };
 
 inline void check_keys(const at::Tensor& mask, int64_t batch, const char* op) {

@@ -101,8 +101,8 @@ void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, cons
   at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     T query[kBlock], gate[kBlock];
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
-      const int64_t count = blocks.last(job % blocks.count) - first;
+      const auto [b, first, last] = blocks.job(job);
+      const int64_t count = last - first;
       const T* x_block = x + (b * s.positions + first) * s.channels;
       for (int64_t p = 0; p < count; ++p) query[p] = dot(x_block + p * s.channels, w, s.channels) + bias;
       const Attention<T> a{k + b * s.keys, v + b * s.keys, mask + b * s.keys, s.keys};
@@ -127,8 +127,8 @@ void backward_kernel(const T* grad, const T* x, const T* w, T bias, const T* k, 
     T query[kBlock], gate[kBlock], gx[kBlock], dquery[kBlock];
     std::vector<T> exps(s.keys * S), dk_lanes(s.keys * S), dv_lanes(s.keys * S);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
-      const int64_t count = blocks.last(job % blocks.count) - first;
+      const auto [b, first, last] = blocks.job(job);
+      const int64_t count = last - first;
       const int64_t offset = (b * s.positions + first) * s.channels;
       for (int64_t p = 0; p < count; ++p) {
         const T* x_row = x + offset + p * s.channels;

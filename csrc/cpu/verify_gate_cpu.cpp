@@ -46,8 +46,7 @@ std::pair<at::Tensor, at::Tensor> column_sums(const T* x, const T* grad, const S
   T* product_out = products.data_ptr<T>();
   at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
-      const int64_t last = blocks.last(job % blocks.count);
+      const auto [b, first, last] = blocks.job(job);
       T* acc = sum_out + job * s.channels;
       T* product = grad ? product_out + job * s.channels : nullptr;
       for (int64_t p = first; p < last; ++p) {
@@ -69,8 +68,7 @@ void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape&
   const Blocks blocks(s.positions, kBlock);
   at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / blocks.count, first = blocks.first(job % blocks.count);
-      const int64_t last = blocks.last(job % blocks.count);
+      const auto [b, first, last] = blocks.job(job);
       const T* sc = scale + b * s.channels;
       const T* sh = shift ? shift + b * s.channels : nullptr;
       for (int64_t p = first; p < last; ++p) {
