@@ -263,6 +263,54 @@ def test_cpp_results_do_not_depend_on_the_thread_count(layout):
             assert torch.equal(a, b)
 
 
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C not built")
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_one_row_groups_when_the_tensors_exceed_the_cache(monkeypatch, count, dtype):
+    """Channels-last calls whose tensors exceed the last-level cache walk one row per group instead of 4.
+    PROVG_CPU_CACHE_BYTES=1 makes every call do so: it still matches the float64 reference (37 channels, a
+    partial vector; 2·23·29 rows, a short last group), and its gradient sums, added in another order, differ
+    from the 4-row groups' in the last bits (so the path did switch)."""
+    shape = (2, 37, 23, 29)
+    xs, weight, bias, _, _ = _case(shape, count, dtype, seed=6)
+    xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    forward, backward = _kernel_ops("cpp")
+
+    def run():  # y, mean, var, dx_1 .. dx_count, dweight
+        y, mean, var = forward(xs, weight, bias, weight.new_empty(0), weight.new_empty(0), True, 1e-5)
+        dxs, dweight, _ = backward(grad, xs, weight, bias, mean, var, True, 1e-5)
+        return [y, mean, var, *dxs, dweight]
+
+    grouped = run()
+    monkeypatch.setenv("PROVG_CPU_CACHE_BYTES", "1")
+    rows = run()
+
+    leaves = [t.double().requires_grad_() for t in (*xs, weight)]
+    ref_y, ref_mean, ref_var = rep_bn_add_silu_reference(
+        leaves[:count], leaves[count], bias.double(), None, None, True, 1e-5
+    )
+    ref_grads = torch.autograd.grad(ref_y, leaves, grad.double())
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for got, expected in zip(rows, [ref_y, ref_mean, ref_var, *ref_grads], strict=True):
+        scale = expected.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(got.double() / scale, expected / scale, **tol)
+    assert torch.equal(rows[0], grouped[0])  # the output pass sums nothing
+    assert not torch.equal(rows[-1], grouped[-1])
+
+
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C not built")
+def test_cpp_rejects_a_bad_cache_size(monkeypatch):
+    xs, weight, bias, _, _ = _case((1, 4, 3, 3), 1, torch.float32, seed=0)
+    xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    monkeypatch.setenv("PROVG_CPU_CACHE_BYTES", "32M")
+    with pytest.raises(
+        RuntimeError, match="PROVG_CPU_CACHE_BYTES must be a positive number of bytes, got '32M'"
+    ):
+        _kernel_ops("cpp")[0](xs, weight, bias, torch.empty(0), torch.empty(0), True, 1e-5)
+
+
 def test_all_backends_agree_on_a_cfm_shape():
     """The width-256 CFM shape at 15² (float32): cpp against the eager batch norms."""
     if "cpp" not in KERNELS:

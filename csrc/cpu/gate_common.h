@@ -11,7 +11,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace provg {
@@ -43,6 +46,37 @@ struct Blocks {
   };
   Job job(int64_t j) const { return {j / count, first(j % count), last(j % count)}; }
 };
+
+// The largest cache that sysfs lists for cpu0, in bytes, or 32 MiB where it lists none. (sysconf's
+// _SC_LEVEL3_CACHE_SIZE is no substitute: on a KVM guest with a 32 MiB L3 it reported the host's 384 MiB.)
+inline int64_t sysfs_cache_bytes() {
+  int64_t largest = 0;
+  for (int index = 0; index < 8; ++index) {
+    std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+    int64_t size = 0;
+    std::string unit;
+    if (!(file >> size)) continue;
+    file >> unit;  // "K" or "M" (the number and its unit are written together, e.g. 32768K)
+    if (!unit.empty() && (unit[0] == 'M' || unit[0] == 'm')) size <<= 20;
+    if (!unit.empty() && (unit[0] == 'K' || unit[0] == 'k')) size <<= 10;
+    largest = std::max(largest, size);
+  }
+  return largest > 0 ? largest : int64_t(32) << 20;
+}
+
+// The last-level cache size the CPU kernels plan for, in bytes: PROVG_CPU_CACHE_BYTES when it is set (read on
+// every call), else sysfs_cache_bytes() (read once).
+inline int64_t cache_bytes() {
+  if (const char* forced = std::getenv("PROVG_CPU_CACHE_BYTES")) {
+    char* end = nullptr;
+    const long long value = std::strtoll(forced, &end, 10);
+    TORCH_CHECK(end != forced && *end == '\0' && value > 0, "PROVG_CPU_CACHE_BYTES must be a positive number of ",
+                "bytes, got '", forced, "'; unset it to use the cache size that sysfs reports");
+    return value;
+  }
+  static const int64_t bytes = sysfs_cache_bytes();
+  return bytes;
+}
 
 inline void check_keys(const at::Tensor& mask, int64_t batch, const char* op) {
   TORCH_CHECK(mask.dim() == 2 && mask.size(0) == batch, op, ": key_mask must be (B, N) with B = ", batch,
