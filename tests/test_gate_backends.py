@@ -184,6 +184,28 @@ def test_survey_items_with_different_valid_token_counts(backend, dtype):
     assert dk[~mask].abs().max() == 0 and dv[~mask].abs().max() == 0
 
 
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="Triton's interpreter is not enabled")
+@pytest.mark.parametrize("multiprocessors, block_p", [(1, 64), (30, 32), (1000, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_survey_blocks_shrink_until_every_multiprocessor_has_a_program(
+    monkeypatch, multiprocessors, block_p, dtype
+):
+    """3 items × 3 heads × 97 positions: 18 programs of 64 positions, 36 of 32 or 63 of 16 (a short last
+    block each time), whichever first gives every multiprocessor one; each matches the reference."""
+    from provg.ops.triton import common
+    from provg.ops.triton import survey_gate as triton_survey
+
+    monkeypatch.setattr(common, "HOPPER_MULTIPROCESSORS", multiprocessors)
+    args, grad_indices = make("survey", (3, 97, 12, 7, 3), dtype, seed=12)
+    assert triton_survey._config(args[0], keys=7, width=4)["BLOCK_P"] == block_p
+    out_ref, grads_ref, upstream = run("survey", args, grad_indices, "reference")
+    out, grads, _ = run("survey", args, grad_indices, "triton", upstream)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert relative(out, out_ref) <= tolerance
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert relative(got, want) <= tolerance * 10
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("op", ["survey", "locate", "verify"])
 def test_fused_gates_are_differentiable_once(backend, op):

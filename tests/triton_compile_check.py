@@ -147,7 +147,13 @@ def cases():
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         tag = str(dtype).removeprefix("torch.")
         # N = 1 makes BLOCK_N = 1, specialized to a constant: a case Triton 3.6 once failed to lower
-        for shape in ((2, 37, 24, 5, 1), (2, 65, 96, 1, 2), (8, 3600, 256, 20, 1), (2, 900, 512, 20, 4)):
+        for shape in (
+            (2, 37, 24, 5, 1),
+            (2, 65, 96, 1, 2),
+            (8, 3600, 256, 20, 1),
+            (2, 900, 512, 20, 4),
+            (8, 225, 1024, 20, 1),
+        ):
             for name, thunk in gates(dtype, *shape):
                 yield f"{name} {tag} {shape}", thunk
         for training in (True, False):

@@ -8,7 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["acc_dtype", "masked_softmax_rows", "matmul", "next_power_of_2", "use_dot"]
+__all__ = ["acc_dtype", "masked_softmax_rows", "matmul", "multiprocessors", "next_power_of_2", "use_dot"]
+
+# Multiprocessors of an H100/H200 (SXM): what launches on CPU tensors (Triton's interpreter, the
+# compile-only check) plan for, so that they take the configurations such a GPU would.
+HOPPER_MULTIPROCESSORS = 132
 
 
 @triton.jit
@@ -54,3 +58,10 @@ def use_dot(dtype: torch.dtype, *dims: int) -> bool:
 
 def next_power_of_2(n: int, minimum: int = 1) -> int:
     return max(minimum, triton.next_power_of_2(max(n, 1)))
+
+
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``'s GPU; `HOPPER_MULTIPROCESSORS` for a CPU tensor."""
+    if device.type != "cuda":
+        return HOPPER_MULTIPROCESSORS
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import acc_dtype, masked_softmax_rows, matmul, next_power_of_2, use_dot
+from .common import acc_dtype, masked_softmax_rows, matmul, multiprocessors, next_power_of_2, use_dot
 
 __all__ = ["backward", "forward"]
 
@@ -175,9 +175,16 @@ def _config(x: Tensor, keys: int, width: int) -> dict:
     # NOTE: tiles and warps chosen so that nothing spills to the stack on sm_90 with Triton 3.6 or 3.8
     # (as listed by tests/triton_compile_check.py): at 4 warps and 64 × 64 tiles the backward put 7.7 KB
     # per thread on the stack.
+    batch, positions, channels = x.shape
     block_n = next_power_of_2(keys, 16)
     block_d = min(32, next_power_of_2(width, 16))
     block_p = 64 if block_n <= 32 else 32
+    # A program per block of positions and head: on small maps, smaller blocks until every multiprocessor
+    # has one (stage 4 at B = 8, 225 positions: 32 programs of 64 positions for 132 multiprocessors on an
+    # H200, 120 of 16).
+    programs = batch * (channels // width)
+    while block_p > 16 and programs * triton.cdiv(positions, block_p) < multiprocessors(x.device):
+        block_p //= 2
     return dict(
         ACC=acc_dtype(x.dtype),
         BLOCK_P=block_p,
