@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -91,45 +92,76 @@ __device__ __forceinline__ acc_t scalar_query_gate_backward(acc_t query, acc_t d
   return dquery;
 }
 
-// out[b, chunk, c] = Σ_{p in chunk} weight[b, p] · a[b, p, c] · factor[b, p, c]  (weight, factor optional)
+// out[b, chunk, c] = Σ_{p in chunk} weight[b, p] · a[b, p, c] · factor[b, p, c] (weight, factor optional) and,
+// when plain_out is given, plain_out[b, chunk, c] = Σ_{p in chunk} a[b, p, c] from the same read. A block is
+// blockDim.x channels by blockDim.y rows of positions (rows interleaved), summed through shared memory in a
+// fixed order: at C = 128, one row of 256 threads left half of them idle.
 template <typename scalar_t, typename acc_t>
 __global__ void column_sums_kernel(const scalar_t* __restrict__ a,       // (B, P, C)
                                    const scalar_t* __restrict__ factor,  // (B, P, C) or null
                                    const acc_t* __restrict__ weight,     // (B, P) or null
                                    acc_t* __restrict__ out,              // (B, chunks, C)
+                                   acc_t* __restrict__ plain_out,        // (B, chunks, C) or null
                                    int64_t P, int64_t C, int64_t chunks) {
+  __shared__ acc_t shared[2][kThreads];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t chunk = blockIdx.y;
   const int64_t b = blockIdx.z;
-  if (c >= C) return;
   const int64_t first = chunk * kChunk;
   const int64_t last = min(P, first + kChunk);
-  acc_t acc = acc_t(0);
-  for (int64_t p = first; p < last; ++p) {
-    const int64_t i = (b * P + p) * C + c;
-    acc_t term = static_cast<acc_t>(a[i]);
-    if (factor) term *= static_cast<acc_t>(factor[i]);
-    if (weight) term *= weight[b * P + p];
-    acc += term;
+  acc_t acc = acc_t(0), plain = acc_t(0);
+  if (c < C) {
+    for (int64_t p = first + threadIdx.y; p < last; p += blockDim.y) {
+      const int64_t i = (b * P + p) * C + c;
+      const acc_t value = static_cast<acc_t>(a[i]);
+      plain += value;
+      acc_t term = value;
+      if (factor) term *= static_cast<acc_t>(factor[i]);
+      if (weight) term *= weight[b * P + p];
+      acc += term;
+    }
+  }
+  const int slot = threadIdx.y * blockDim.x + threadIdx.x;
+  shared[0][slot] = acc;
+  shared[1][slot] = plain;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= C) return;
+  for (int row = 1; row < static_cast<int>(blockDim.y); ++row) {
+    acc += shared[0][row * blockDim.x + threadIdx.x];
+    plain += shared[1][row * blockDim.x + threadIdx.x];
   }
   out[(b * chunks + chunk) * C + c] = acc;
+  if (plain_out) plain_out[(b * chunks + chunk) * C + c] = plain;
 }
 
-// (B, P, C) tensors a (and factor) → Σ over positions, (B, C) in the accumulation dtype.
-inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, const at::Tensor* weight) {
+// (B, P, C) tensors a (and factor) → Σ over positions of a · factor · weight, (B, C) in the accumulation
+// dtype; with ``plain``, Σ a as well, into *plain, from the same read of a.
+inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, const at::Tensor* weight,
+                              at::Tensor* plain = nullptr) {
   const int64_t B = a.size(0), P = a.size(1), C = a.size(2);
   const int64_t chunks = std::max<int64_t>(1, (P + kChunk - 1) / kChunk);
   const auto acc_type = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor partial = at::zeros({B, chunks, C}, a.options().dtype(acc_type));
-  if (a.numel() == 0) return partial.sum(1);
-  const dim3 grid((C + kThreads - 1) / kThreads, chunks, B);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "column_sums", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    column_sums_kernel<scalar_t, acc_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        a.const_data_ptr<scalar_t>(), factor ? factor->const_data_ptr<scalar_t>() : nullptr,
-        weight ? weight->const_data_ptr<acc_t>() : nullptr, partial.data_ptr<acc_t>(), P, C, chunks);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  // Every partial is written when the kernel runs; with nothing to sum they must be zeros.
+  const auto allocate = [&](int64_t batch) {
+    const auto options = a.options().dtype(acc_type);
+    return a.numel() == 0 ? at::zeros({batch, chunks, C}, options) : at::empty({batch, chunks, C}, options);
+  };
+  at::Tensor partial = allocate(B), plain_partial = allocate(plain ? B : 0);
+  if (a.numel() > 0) {
+    const int lanes = static_cast<int>(std::min<int64_t>(kThreads, (C + kWarp - 1) / kWarp * kWarp));
+    const dim3 block(lanes, kThreads / lanes);
+    const dim3 grid(static_cast<unsigned>((C + lanes - 1) / lanes), static_cast<unsigned>(chunks),
+                    static_cast<unsigned>(B));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "column_sums", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      column_sums_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          a.const_data_ptr<scalar_t>(), factor ? factor->const_data_ptr<scalar_t>() : nullptr,
+          weight ? weight->const_data_ptr<acc_t>() : nullptr, partial.data_ptr<acc_t>(),
+          plain ? plain_partial.data_ptr<acc_t>() : nullptr, P, C, chunks);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  if (plain) *plain = plain_partial.sum(1);
   return partial.sum(1);
 }
 

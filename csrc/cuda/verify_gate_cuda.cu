@@ -138,8 +138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_gate_backward_
   if (x.numel() == 0) return {at::empty_like(x), at::zeros_like(k), at::zeros_like(v), at::zeros_like(w_q)};
   const int64_t B = x.size(0), P = x.size(1), C = x.size(2);
   const int N = static_cast<int>(k.size(1));
-  const at::Tensor sums = column_sums(x, nullptr, nullptr);
-  const at::Tensor products = column_sums(grad, &x, nullptr);  // Σ_p grad · x
+  at::Tensor sums;                                                     // Σ_p x
+  const at::Tensor products = column_sums(x, &grad, nullptr, &sums);  // Σ_p x · grad, the same read of x
   at::Tensor gate = at::empty_like(sums), shift = at::empty_like(sums), dwq_terms = at::empty_like(sums);
   at::Tensor dk_terms = at::empty({B, C, N}, sums.options()), dv_terms = at::empty({B, C, N}, sums.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "verify_gate_backward_cuda", [&] {
