@@ -124,6 +124,31 @@ def test_winograd_across_tile_groups(shape, out_channels):
 
 
 @pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
+@pytest.mark.parametrize("gemm", ["onednn", "blas"])
+def test_winograd_products_by_either_gemm(monkeypatch, gemm):
+    """The 16 products by oneDNN's matmul (automatic for float32) or ATen's bmm, forced with
+    PROVG_WINOGRAD_GEMM: both within 1e-5 of the float64 convolution, over two tile groups (2 × 14 × 12 =
+    336 tiles) with 48 input and 40 output channels (not multiples of a vector)."""
+    monkeypatch.setenv("PROVG_WINOGRAD_GEMM", gemm)
+    x, weight, bias, r = _case((2, 48, 27, 23), 40, torch.float32, 11, True)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = conv3x3_bias_silu(x, weight, bias, r, algorithm="winograd")
+    expected = _expected(x, weight, bias, r)
+    assert ((y.double() - expected).abs().max() / expected.abs().max()).item() <= 1e-5
+
+
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
+def test_winograd_gemm_choice_errors(monkeypatch):
+    x, weight, bias, _ = _case((1, 4, 5, 5), 3, torch.float64, 12, False)
+    monkeypatch.setenv("PROVG_WINOGRAD_GEMM", "onednn")
+    with pytest.raises(RuntimeError, match=r"oneDNN's matmul takes float32, got Double; unset it"):
+        conv3x3_bias_silu(x, weight, bias, algorithm="winograd")
+    monkeypatch.setenv("PROVG_WINOGRAD_GEMM", "mkl")
+    with pytest.raises(RuntimeError, match="PROVG_WINOGRAD_GEMM must be onednn or blas, got 'mkl'"):
+        conv3x3_bias_silu(x.float(), weight.float(), bias.float(), algorithm="winograd")
+
+
+@pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
 def test_winograd_filter_cache_follows_the_weight_lifetime():
     cache = sys.modules["provg.ops.conv3x3_bias_silu"]._winograd_weights
     x, weight, bias, _ = _case((1, 8, 5, 6), 8, torch.float32, 9, False)

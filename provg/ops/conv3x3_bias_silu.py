@@ -18,9 +18,12 @@ Algorithm of the cpp backend (``algorithm`` argument, else ``PROVG_CONV_ALGORITH
 per tile and channel pair, as 16 batched GEMMs, with bias, SiLU and residual in the output transform
 (csrc/cpu/conv3x3_winograd_cpu.cpp); it differs from the direct convolution by rounding only (float32:
 ~4e-7 relative at 256 channels; float64: ~1e-15). The filter transform is computed once per weight
-and version and cached. ``direct`` is the oneDNN / ATen convolution. Automatic: Winograd for float32
-with at least 32 input and output channels (1.6–1.9× the direct convolution at the CFM's 256
-channels, benchmarks/bench_repconv.py), direct otherwise.
+and version and cached. The GEMMs are oneDNN's matmul for float32 (ATen's bmm, i.e. MKL, runs AVX2
+code on AMD processors, at half oneDNN's rate) and ATen's bmm for float64;
+``PROVG_WINOGRAD_GEMM=onednn|blas`` forces one. ``direct`` is the oneDNN / ATen convolution.
+Automatic: Winograd for float32 with at least 32 input and output channels (1.5–2.0× the direct
+convolution at the CFM's 256 channels on an Intel Xeon and on an AMD EPYC, benchmarks/bench_repconv.py),
+direct otherwise.
 """
 
 from __future__ import annotations
