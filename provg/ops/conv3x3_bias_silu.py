@@ -21,9 +21,9 @@ per tile and channel pair, as 16 batched GEMMs, with bias, SiLU and residual in 
 and version and cached. The GEMMs are oneDNN's matmul for float32 (ATen's bmm, i.e. MKL, runs AVX2
 code on AMD processors, at half oneDNN's rate) and ATen's bmm for float64;
 ``PROVG_WINOGRAD_GEMM=onednn|blas`` forces one. ``direct`` is the oneDNN / ATen convolution.
-Automatic: Winograd for float32 with at least 32 input and output channels (1.5–2.0× the direct
-convolution at the CFM's 256 channels on an Intel Xeon and on an AMD EPYC, benchmarks/bench_repconv.py),
-direct otherwise.
+Automatic: Winograd for float32 with at least 32 input and output channels (at the CFM's 256
+channels, 1.5–2.0× the direct convolution on an AMD EPYC with oneDNN's matmul, 1.5–1.7× on an Intel
+Xeon with MKL's, benchmarks/bench_repconv.py), direct otherwise.
 """
 
 from __future__ import annotations
