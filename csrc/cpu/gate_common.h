@@ -1,6 +1,6 @@
-// Shared pieces of the CPU gate kernels: input checks, the masked softmax over a handful of keys, and
-// the split of positions into blocks and jobs (per-block partial sums keep the reductions deterministic
-// whatever the thread count).
+// Shared pieces of the CPU gate kernels (and of the RepVGG tail's): input checks, the masked softmax over a
+// handful of keys, the split of positions into blocks and jobs (per-block partial sums keep the reductions
+// deterministic whatever the thread count), and the last-level cache size the kernels plan for.
 #pragma once
 
 #include <ATen/Parallel.h>
