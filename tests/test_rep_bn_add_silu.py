@@ -269,7 +269,7 @@ def test_cpp_results_do_not_depend_on_the_thread_count(layout):
 def test_cpp_one_row_groups_when_the_tensors_exceed_the_cache(monkeypatch, count, dtype):
     """Channels-last calls whose tensors exceed the last-level cache walk one row per group instead of 4.
     PROVG_CPU_CACHE_BYTES=1 makes every call do so: it still matches the float64 reference (37 channels, a
-    partial vector; 2·23·29 rows, a short last group), and its gradient sums, added in another order, differ
+    partial vector; 2·23·29 rows in several blocks), and its gradient sums, added in another order, differ
     from the 4-row groups' in the last bits (so the path did switch)."""
     shape = (2, 37, 23, 29)
     xs, weight, bias, _, _ = _case(shape, count, dtype, seed=6)
