@@ -138,8 +138,15 @@ def test_winograd_products_by_either_gemm(monkeypatch, gemm):
 
 
 @pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C is not built")
-def test_winograd_gemm_choice_errors(monkeypatch):
+def test_winograd_gemm_choice_errors_and_an_empty_choice(monkeypatch):
     x, weight, bias, _ = _case((1, 4, 5, 5), 3, torch.float64, 12, False)
+    monkeypatch.setenv("PROVG_WINOGRAD_GEMM", "")  # set but empty: automatic (bmm for float64)
+    torch.testing.assert_close(
+        conv3x3_bias_silu(x, weight, bias, algorithm="winograd"),
+        _expected(x, weight, bias, None),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     monkeypatch.setenv("PROVG_WINOGRAD_GEMM", "onednn")
     with pytest.raises(RuntimeError, match=r"oneDNN's matmul takes float32, got Double; unset it"):
         conv3x3_bias_silu(x, weight, bias, algorithm="winograd")

@@ -301,14 +301,19 @@ def test_cpp_one_row_groups_when_the_tensors_exceed_the_cache(monkeypatch, count
 
 
 @pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C not built")
-def test_cpp_rejects_a_bad_cache_size(monkeypatch):
+def test_cpp_rejects_a_bad_cache_size_and_takes_an_empty_one_as_unset(monkeypatch):
     xs, weight, bias, _, _ = _case((1, 4, 3, 3), 1, torch.float32, seed=0)
     xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    forward = _kernel_ops("cpp")[0]
+    unset = forward(xs, weight, bias, torch.empty(0), torch.empty(0), True, 1e-5)
+    monkeypatch.setenv("PROVG_CPU_CACHE_BYTES", "")
+    empty = forward(xs, weight, bias, torch.empty(0), torch.empty(0), True, 1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(unset, empty, strict=True))
     monkeypatch.setenv("PROVG_CPU_CACHE_BYTES", "32M")
     with pytest.raises(
         RuntimeError, match="PROVG_CPU_CACHE_BYTES must be a positive number of bytes, got '32M'"
     ):
-        _kernel_ops("cpp")[0](xs, weight, bias, torch.empty(0), torch.empty(0), True, 1e-5)
+        forward(xs, weight, bias, torch.empty(0), torch.empty(0), True, 1e-5)
 
 
 def test_all_backends_agree_on_a_cfm_shape():

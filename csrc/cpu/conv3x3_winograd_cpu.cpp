@@ -70,7 +70,7 @@ at::Tensor transform_weight(const at::Tensor& weight) {
 // than oneDNN's direct convolution there (0.8–0.9×, against 1.5–1.8× with oneDNN's matmul). ATen exports
 // oneDNN's matmul (at::native::mkldnn_matmul) without a public header, so it is looked up at run time: a
 // torch without it falls back to at::bmm (with a warning) instead of failing to load provg._C.
-// PROVG_WINOGRAD_GEMM=onednn|blas (read on every call) forces one.
+// PROVG_WINOGRAD_GEMM=onednn|blas (read on every call; empty = automatic) forces one.
 
 using Matmul = void (*)(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result, float beta,
                         float alpha);
@@ -89,6 +89,7 @@ Matmul onednn_matmul() {
 // m[ξ] = v[ξ] · u[ξ] for the 16 planes ξ.
 void products(const at::Tensor& v, const at::Tensor& u, at::Tensor& m) {
   const char* forced = std::getenv("PROVG_WINOGRAD_GEMM");
+  if (forced != nullptr && *forced == '\0') forced = nullptr;  // set but empty: automatic
   const bool want_onednn = forced == nullptr || std::strcmp(forced, "onednn") == 0;
   TORCH_CHECK(want_onednn || std::strcmp(forced, "blas") == 0, "PROVG_WINOGRAD_GEMM must be onednn or blas, got '",
               forced, "'; unset it to choose automatically");

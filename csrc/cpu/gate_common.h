@@ -64,10 +64,11 @@ inline int64_t sysfs_cache_bytes() {
   return largest > 0 ? largest : int64_t(32) << 20;
 }
 
-// The last-level cache size the CPU kernels plan for, in bytes: PROVG_CPU_CACHE_BYTES when it is set (read on
-// every call), else sysfs_cache_bytes() (read once).
+// The last-level cache size the CPU kernels plan for, in bytes: PROVG_CPU_CACHE_BYTES when it is set and not
+// empty (read on every call), else sysfs_cache_bytes() (read once).
 inline int64_t cache_bytes() {
-  if (const char* forced = std::getenv("PROVG_CPU_CACHE_BYTES")) {
+  const char* forced = std::getenv("PROVG_CPU_CACHE_BYTES");
+  if (forced != nullptr && *forced != '\0') {
     char* end = nullptr;
     const long long value = std::strtoll(forced, &end, 10);
     TORCH_CHECK(end != forced && *end == '\0' && value > 0, "PROVG_CPU_CACHE_BYTES must be a positive number of ",
