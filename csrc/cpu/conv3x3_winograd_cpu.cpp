@@ -3,7 +3,7 @@
 // (Lavin & Gray, 2016): each 2×2 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A over its 4×4 input patch d,
 // so the 3×3 convolution's 36 multiplies per tile and channel pair become 16, done as 16 matrix
 // products (tiles × C_in)·(C_in × C_out) by oneDNN's matmul for float32 (else ATen's batched GEMM; see
-// products() below). The filter transform U = G g Gᵀ is its own operator (conv3x3_winograd_weight) so a
+// products_engine() below). The filter transform U = G g Gᵀ is its own operator (conv3x3_winograd_weight) so a
 // deployed model computes it once per weight.
 //
 //   Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]   G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]   Aᵀ = [1 1 1 0; 0 1 −1 −1]
@@ -86,25 +86,26 @@ Matmul onednn_matmul() {
   return matmul;
 }
 
-// m[ξ] = v[ξ] · u[ξ] for the 16 planes ξ.
-void products(const at::Tensor& v, const at::Tensor& u, at::Tensor& m) {
+// The engine of a call's 16 products on ``dtype``: oneDNN's matmul, or null for at::bmm. Chosen once per
+// call, not per group of tiles.
+Matmul products_engine(at::ScalarType dtype) {
   const char* forced = std::getenv("PROVG_WINOGRAD_GEMM");
   if (forced != nullptr && *forced == '\0') forced = nullptr;  // set but empty: automatic
   const bool want_onednn = forced == nullptr || std::strcmp(forced, "onednn") == 0;
   TORCH_CHECK(want_onednn || std::strcmp(forced, "blas") == 0, "PROVG_WINOGRAD_GEMM must be onednn or blas, got '",
               forced, "'; unset it to choose automatically");
-  const bool float32 = v.scalar_type() == at::kFloat;
+  const bool float32 = dtype == at::kFloat;
   if (forced != nullptr && want_onednn) {
-    TORCH_CHECK(float32, "PROVG_WINOGRAD_GEMM=onednn: oneDNN's matmul takes float32, got ", v.scalar_type(),
-                "; unset it (", v.scalar_type(), " takes ATen's bmm)");
+    TORCH_CHECK(float32, "PROVG_WINOGRAD_GEMM=onednn: oneDNN's matmul takes float32, got ", dtype, "; unset it (",
+                dtype, " takes ATen's bmm)");
     TORCH_CHECK(onednn_matmul() != nullptr, "PROVG_WINOGRAD_GEMM=onednn: this torch has no oneDNN matmul ",
                 "(at::native::mkldnn_matmul); unset it or set blas");
   }
-  if (want_onednn && float32 && onednn_matmul() != nullptr) return onednn_matmul()(v, u, m, 0.f, 1.f);
-  if (want_onednn && float32)
+  if (!want_onednn || !float32) return nullptr;
+  if (onednn_matmul() == nullptr)
     TORCH_WARN_ONCE("conv3x3_bias_silu (winograd): this torch has no oneDNN matmul (at::native::mkldnn_matmul); ",
                     "the 16 products fall back to at::bmm, which may be 2x slower (MKL on AMD processors)");
-  at::bmm_out(m, v, u);
+  return onednn_matmul();
 }
 
 struct Tiling {
@@ -190,12 +191,17 @@ void winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, 
   const int64_t tiles = x.size(0) * tiling.per_image(), group = std::min(tiles, kGroupTiles);
   at::Tensor v = at::empty({16 * group * ci_count}, x.options());
   at::Tensor m = at::empty({16 * group * co_count}, x.options());
+  const Matmul matmul = products_engine(x.scalar_type());
   for (int64_t first = 0; first < tiles; first += group) {
     const int64_t n = std::min(group, tiles - first);
     at::Tensor vn = v.narrow(0, 0, 16 * n * ci_count).view({16, n, ci_count});
     at::Tensor mn = m.narrow(0, 0, 16 * n * co_count).view({16, n, co_count});
     transform_input(x.const_data_ptr<T>(), ci_count, tiling, first, n, vn.data_ptr<T>());
-    products(vn, u, mn);
+    if (matmul) {
+      matmul(vn, u, mn, 0.f, 1.f);  // m[ξ] = v[ξ] · u[ξ] for the 16 planes ξ
+    } else {
+      at::bmm_out(mn, vn, u);
+    }
     transform_output(mn.const_data_ptr<T>(), bias.const_data_ptr<T>(),
                      residual ? residual->const_data_ptr<T>() : nullptr, co_count, tiling, first, n,
                      y.data_ptr<T>());
