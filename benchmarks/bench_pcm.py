@@ -26,7 +26,15 @@ from provg.ops.locate_gate import locate_gate_reference
 from provg.ops.survey_gate import survey_gate_reference
 from provg.ops.verify_gate import verify_gate_reference
 
-from common import append_csv, graphed, interleaved_ms, median_ms, print_table, use_side_stream
+from common import (
+    append_csv,
+    configure_timing,
+    graphed,
+    interleaved_ms,
+    median_ms,
+    print_table,
+    use_side_stream,
+)
 
 STAGES = {1: (120 * 120, 128), 2: (60 * 60, 256), 3: (30 * 30, 512), 4: (15 * 15, 1024)}
 TOY = (4, 8)  # positions, channels: a call whose kernels cost next to nothing
@@ -174,6 +182,13 @@ def main() -> None:
     )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed calls of the same provider before each timed call (default 1), so a call starts from "
+        "its own caches, not the previous provider's dirty lines; 0 times calls straight after each other",
+    )
+    parser.add_argument(
         "--graph",
         action="store_true",
         help="CUDA only: time replays of CUDA graphs of each call, i.e. the device's work without the host's",
@@ -185,6 +200,7 @@ def main() -> None:
         "host (Python, dispatch, autograd) with each provider",
     )
     args = parser.parse_args()
+    configure_timing(args.settle)
     if args.toy and args.stages:
         parser.error("--toy replaces the stage shapes; leave out --stages")
     if not 0 <= args.valid <= TOKENS:

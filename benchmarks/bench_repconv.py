@@ -40,7 +40,7 @@ from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu_ove
 from provg.ops._gate_api import kernels
 from provg.ops.conv3x3_bias_silu import CONV_ALGORITHMS
 
-from common import append_csv, graphed, interleaved_ms, print_table, use_side_stream
+from common import append_csv, configure_timing, graphed, interleaved_ms, print_table, use_side_stream
 
 WIDTH = 256
 HEADER = ["part", "size", "B", "provider", "fwd ms", "bwd ms", "fwd+bwd ms", "vs eager", "vs compile"]
@@ -263,11 +263,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed calls of the same provider before each timed call (default 1), so a call starts from "
+        "its own caches, not the previous provider's dirty lines; 0 times calls straight after each other",
+    )
+    parser.add_argument(
         "--graph",
         action="store_true",
         help="CUDA only (tail, kernels, conv): time replays of CUDA graphs of each call (the device alone)",
     )
     args = parser.parse_args()
+    configure_timing(args.settle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.graph and device.type != "cuda":
         parser.error("--graph times CUDA graph replays and needs a CUDA device")

@@ -15,6 +15,20 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Untimed calls before each timed one in `interleaved_ms`, and how a benchmark timed its rows beyond the
+# medians (printed above its tables and stored with its rows by `versions`): set by `configure_timing`.
+SETTLE = 0
+TIMING = ""
+
+
+def configure_timing(settle: int) -> None:
+    """Time this process's interleaved rounds with ``settle`` untimed calls before each timed call (see
+    `interleaved_ms`), and say so above every table and in every CSV row."""
+    global SETTLE, TIMING
+    if settle < 0:
+        raise ValueError(f"settle must be 0 or more untimed calls, got {settle}")
+    SETTLE = settle
+    TIMING = f"settle {settle}"
 
 
 def machine() -> str:
@@ -46,9 +60,10 @@ def versions() -> str:
 
     cuda = torch.version.cuda if torch.cuda.is_available() else "none"
     python = platform.python_version()
+    timing = f", timing {TIMING}" if TIMING else ""
     return (
         f"torch {torch.__version__}, provg {provg.__version__}, cuda {cuda}, python {python}, "
-        f"allocator {allocator()}"
+        f"allocator {allocator()}{timing}"
     )
 
 
@@ -68,18 +83,30 @@ def _time_once(function: Callable[[], object], device: torch.device) -> float:
 def median_ms(
     function: Callable[[], object], device: torch.device, warmup: int = 3, repeat: int = 15
 ) -> tuple[float, float, float]:
-    """Median, 20th and 80th percentile of ``repeat`` timed calls, in milliseconds."""
-    return interleaved_ms({"f": function}, device, warmup, repeat)["f"]
+    """Median, 20th and 80th percentile of ``repeat`` timed calls, in milliseconds (each call follows the
+    previous one of the same function, so no settling calls are needed)."""
+    return interleaved_ms({"f": function}, device, warmup, repeat, settle=0)["f"]
 
 
 def interleaved_ms(
-    functions: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3, repeat: int = 15
+    functions: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int = 3,
+    repeat: int = 15,
+    settle: int | None = None,
 ) -> dict[str, tuple[float, float, float]]:
     """Median, 20th and 80th percentile (ms) of each function, timed in round-robin rounds.
 
     Interleaving keeps slow drifts of a shared machine (other tenants, frequency, memory state) from
     favouring whichever function happened to run first; Python's garbage collector is paused while timing.
+    With ``settle`` > 0 (default: `configure_timing`'s, else 0), each timed call follows that many untimed
+    calls of the same function, so it starts from the caches its own previous call left rather than
+    another function's. On a CPU a call that follows another pays for writing back that one's dirty lines,
+    which taxes whichever function follows the one writing the most (`bench_call_order.py`, AMD EPYC,
+    2026-11-28: the fused 60² tail took 1.26 ms after eager PyTorch's call and 0.88 ms after its own;
+    eager's took 1.38 and 1.42 ms).
     """
+    settle = SETTLE if settle is None else settle
     for function in functions.values():
         for _ in range(warmup):
             function()
@@ -90,6 +117,8 @@ def interleaved_ms(
     try:
         for _ in range(repeat):
             for name, function in functions.items():
+                for _ in range(settle):
+                    function()
                 times[name].append(_time_once(function, device))
     finally:
         if collecting:
