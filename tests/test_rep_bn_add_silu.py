@@ -267,10 +267,11 @@ def test_cpp_results_do_not_depend_on_the_thread_count(layout):
 @pytest.mark.parametrize("count", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpp_one_row_groups_when_the_tensors_exceed_the_cache(monkeypatch, count, dtype):
-    """Channels-last calls whose tensors exceed the last-level cache walk one row per group instead of 4.
-    PROVG_CPU_CACHE_BYTES=1 makes every call do so: it still matches the float64 reference (37 channels, a
-    partial vector; 2·23·29 rows in several blocks), and its gradient sums, added in another order, differ
-    from the 4-row groups' in the last bits (so the path did switch)."""
+    """Channels-last calls whose tensors exceed the last-level cache walk one row per group instead of 4,
+    and their backward recomputes ds in its second pass instead of reading it back from the first input
+    gradient's buffer. PROVG_CPU_CACHE_BYTES=1 makes every call do so: both paths match the float64
+    reference (37 channels, a partial vector; 2·23·29 rows in several blocks), and the gradient sums, added
+    in another order, differ in the last bits (so the path did switch)."""
     shape = (2, 37, 23, 29)
     xs, weight, bias, _, _ = _case(shape, count, dtype, seed=6)
     xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
@@ -293,9 +294,10 @@ def test_cpp_one_row_groups_when_the_tensors_exceed_the_cache(monkeypatch, count
     )
     ref_grads = torch.autograd.grad(ref_y, leaves, grad.double())
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    for got, expected in zip(rows, [ref_y, ref_mean, ref_var, *ref_grads], strict=True):
-        scale = expected.abs().max().clamp_min(1.0)
-        torch.testing.assert_close(got.double() / scale, expected / scale, **tol)
+    for path in (grouped, rows):
+        for got, expected in zip(path, [ref_y, ref_mean, ref_var, *ref_grads], strict=True):
+            scale = expected.abs().max().clamp_min(1.0)
+            torch.testing.assert_close(got.double() / scale, expected / scale, **tol)
     assert torch.equal(rows[0], grouped[0])  # the output pass sums nothing
     assert not torch.equal(rows[-1], grouped[-1])
 

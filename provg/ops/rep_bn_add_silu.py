@@ -4,7 +4,9 @@ The branches x_i (K = 1..3: the 3×3 convolution, the 1×1 convolution, the iden
 normalised and summed, then SiLU. Eager PyTorch runs this as two passes per batch norm, an add and an
 activation; fused, the forward reads every branch twice (statistics, then the output) and writes y
 once, and the backward reads grad and the branches twice (the per-channel sums Σ ds and
-Σ ds·(x_i − μ_i), then the input gradients), recomputing the pre-activation instead of storing it.
+Σ ds·(x_i − μ_i), then the input gradients), recomputing the pre-activation instead of storing it
+(the CPU kernels keep ds in the first input gradient's buffer between the two passes while a call's
+tensors fit the last-level cache, where the sigmoid, not memory, bounds them).
 
 With ``training=True`` (or no running statistics) the statistics are the batch's (mean and biased
 variance over B·H·W, shifted sums), and the running statistics are updated exactly as
