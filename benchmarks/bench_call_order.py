@@ -5,7 +5,7 @@ after the other provider's call, after its own, and after a read of a buffer lar
 On a CPU a call pays for writing back the dirty cache lines the call before it left, so round-robin
 timing (`common.interleaved_ms` with ``settle=0``) charges each provider for its predecessor's writes:
 this measures how much, and is why `bench_pcm.py` and `bench_repconv.py` settle each timed call behind
-an untimed call of the same provider (``--settle``, default 1).
+untimed calls of the same provider (``--settle``, default 2).
 
     python benchmarks/bench_call_order.py                 # CPU: 120², 60², 30², 15², B = 1
     python benchmarks/bench_call_order.py --sizes 60 --batch 2

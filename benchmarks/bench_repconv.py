@@ -265,8 +265,8 @@ def main() -> None:
     parser.add_argument(
         "--settle",
         type=int,
-        default=1,
-        help="untimed calls of the same provider before each timed call (default 1), so a call starts from "
+        default=2,
+        help="untimed calls of the same provider before each timed call (default 2), so a call starts from "
         "its own caches, not the previous provider's dirty lines; 0 times calls straight after each other",
     )
     parser.add_argument(

@@ -104,7 +104,8 @@ def interleaved_ms(
     another function's. On a CPU a call that follows another pays for writing back that one's dirty lines,
     which taxes whichever function follows the one writing the most (`bench_call_order.py`, AMD EPYC,
     2026-11-28: the fused 60² tail took 1.26 ms after eager PyTorch's call and 0.88 ms after its own;
-    eager's took 1.38 and 1.42 ms).
+    eager's took 1.38 and 1.42 ms). One settling call does not always clear a predecessor's lines: the
+    fused tail's 60² backward read 0.37–0.48 ms in `bench_repconv.py` with 1, 0.31–0.34 ms with 2.
     """
     settle = SETTLE if settle is None else settle
     for function in functions.values():

@@ -131,6 +131,27 @@ def test_cpp_matches_reference_at_a_stage_1_position_count(op):
         assert relative(got, want) <= 1e-11, relative(got, want)
 
 
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+@pytest.mark.parametrize(
+    "shape", [(2, 7, 5, 3, 1), (3, 97, 37, 7, 1), (2, 65, 96, 4, 1), (1, 130, 257, 20, 1)]
+)
+def test_cpp_verify_with_streaming_stores_matches_reference(monkeypatch, shape):
+    """PROVG_CPU_CACHE_BYTES=1 makes every cpp verify call write y and dx with streaming stores (their path
+    for calls whose tensors take more than half the cache): rows of 5, 37 and 257 floats start off the
+    vectors' alignment, so each row's ends take the one-value path. The results are the regular path's,
+    bit for bit: the same products, stored another way."""
+    args, grad_indices = make("verify", shape, torch.float32, seed=sum(shape))
+    out_ref, grads_ref, upstream = run("verify", args, grad_indices, "reference")
+    regular, regular_grads, _ = run("verify", args, grad_indices, "cpp", upstream)
+    monkeypatch.setenv("PROVG_CPU_CACHE_BYTES", "1")
+    out, grads, _ = run("verify", args, grad_indices, "cpp", upstream)
+    assert relative(out, out_ref) <= 1e-5
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert relative(got, want) <= 1e-4, relative(got, want)
+    assert torch.equal(out, regular)
+    assert all(torch.equal(a, b) for a, b in zip(grads, regular_grads, strict=True))
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("op", ["survey", "locate", "verify"])
 def test_gradcheck_float64_with_all_masked_rows(backend, op):

@@ -148,6 +148,34 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return acc;
 }
 
+// Non-temporal (streaming) stores of whole vectors of floats, where the build's vector width has them:
+// written lines go to memory without first being read into the caches, and without evicting what is there.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kStreamingStores = true;
+inline void stream_store(const at::vec::Vectorized<float>& v, float* p) { _mm512_stream_ps(p, v); }
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kStreamingStores = true;
+inline void stream_store(const at::vec::Vectorized<float>& v, float* p) { _mm256_stream_ps(p, v); }
+#else
+constexpr bool kStreamingStores = false;
+inline void stream_store(const at::vec::Vectorized<float>& v, float* p) { v.store(p); }
+#endif
+
+// Whether a pass over tensors taking ``bytes`` in all (inputs and outputs) writes its output with streaming
+// stores: when they take more than half the last-level cache, which also holds everything else, written
+// lines would evict the inputs the pass or the next one rereads (verify gate, AMD EPYC, 32 MiB L3: 15–60%
+// faster forward+backward at 22–44 MB; no gain at 11 MB, where the output stays in the cache for the
+// next op).
+inline bool stream_writes(int64_t bytes) { return kStreamingStores && 2 * bytes > cache_bytes(); }
+
+// Orders a thread's streaming stores before what follows (the end of a parallel region, another thread's
+// reads).
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
 template <typename T>
 inline void axpy(T alpha, const T* x, T* y, int64_t n) {
 #pragma omp simd

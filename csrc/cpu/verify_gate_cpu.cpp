@@ -1,10 +1,13 @@
 // CPU kernels of provg::verify_gate_{forward,backward} (Eq. 5–7). The channel means need every position
 // before any gate is known, so the forward reads x twice (means, then the gated write) and the
 // backward reads grad and x once (for Σ_p x and Σ_p grad·x), then grad again to write dx; the
-// per-channel attention in between is tiny (C × N per batch item).
+// per-channel attention in between is tiny (C × N per batch item). Calls whose tensors take more than half
+// the last-level cache write y and dx with streaming stores (stream_writes), which keep x in the cache for
+// the second read instead of evicting it for lines nothing rereads.
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,9 +65,25 @@ std::pair<at::Tensor, at::Tensor> column_sums(const T* x, const T* grad, const S
   return {reduce_blocks(sums), grad ? reduce_blocks(products) : products};
 }
 
+// out[n] = a[n]·scale[n] + shift[n] (shift optional) over one row, through non-temporal stores: the row's
+// 64-byte-aligned middle in whole vectors, the ends one value at a time.
+inline void scale_row_streaming(const float* a, const float* scale, const float* shift, float* out, int64_t n) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t S = Vec::size();
+  int64_t c = 0;
+  for (; c < n && reinterpret_cast<uintptr_t>(out + c) % (S * sizeof(float)) != 0; ++c)
+    out[c] = a[c] * scale[c] + (shift ? shift[c] : 0.f);
+  for (; c + S <= n; c += S) {
+    Vec v = Vec::loadu(a + c) * Vec::loadu(scale + c);
+    if (shift) v = v + Vec::loadu(shift + c);
+    stream_store(v, out + c);
+  }
+  for (; c < n; ++c) out[c] = a[c] * scale[c] + (shift ? shift[c] : 0.f);
+}
+
 // out[b, p, c] = a[b, p, c] · scale[b, c] + shift[b, c] (shift optional).
 template <typename T>
-void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape& s) {
+void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape& s, bool streaming) {
   const Blocks blocks(s.positions, kBlock);
   at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
@@ -73,6 +92,12 @@ void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape&
       const T* sh = shift ? shift + b * s.channels : nullptr;
       for (int64_t p = first; p < last; ++p) {
         const int64_t row = (b * s.positions + p) * s.channels;
+        if constexpr (std::is_same_v<T, float> && kStreamingStores) {
+          if (streaming) {
+            scale_row_streaming(a + row, sc, sh, out + row, s.channels);
+            continue;
+          }
+        }
         if (sh) {
 #pragma omp simd
           for (int64_t c = 0; c < s.channels; ++c) out[row + c] = a[row + c] * sc[c] + sh[c];
@@ -82,6 +107,7 @@ void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape&
         }
       }
     }
+    if (streaming) stream_fence();
   });
 }
 
@@ -124,7 +150,7 @@ at::Tensor verify_gate_forward_cpu(const at::Tensor& x, const at::Tensor& k, con
                            scores.data(), weights.data(), &query);
         }
     });
-    scale_rows<T>(xp, gp, nullptr, y.data_ptr<T>(), s);
+    scale_rows<T>(xp, gp, nullptr, y.data_ptr<T>(), s, stream_writes(2 * xc.numel() * int64_t(sizeof(T))));
   });
   return y;
 }
@@ -183,7 +209,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_gate_backward_
         dwq.data_ptr<T>()[b] = dwq_b;
       }
     });
-    scale_rows<T>(gp, gate.const_data_ptr<T>(), shift.const_data_ptr<T>(), dx.data_ptr<T>(), s);
+    scale_rows<T>(gp, gate.const_data_ptr<T>(), shift.const_data_ptr<T>(), dx.data_ptr<T>(), s,
+                  stream_writes(3 * xc.numel() * int64_t(sizeof(T))));  // grad, x, dx
   });
   at::Tensor dwq_total = at::zeros({}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "verify_gate_dwq", [&] {
