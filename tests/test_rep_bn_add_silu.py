@@ -266,13 +266,14 @@ def test_cpp_results_do_not_depend_on_the_thread_count(layout):
 @pytest.mark.skipif("cpp" not in KERNELS, reason="provg._C not built")
 @pytest.mark.parametrize("count", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpp_one_row_groups_when_the_tensors_exceed_the_cache(monkeypatch, count, dtype):
+@pytest.mark.parametrize("shape", [(2, 37, 23, 29), (2, 64, 9, 11)])
+def test_cpp_one_row_groups_when_the_tensors_exceed_the_cache(monkeypatch, count, dtype, shape):
     """Channels-last calls whose tensors exceed the last-level cache walk one row per group instead of 4,
     and their backward recomputes ds in its second pass instead of reading it back from the first input
-    gradient's buffer. PROVG_CPU_CACHE_BYTES=1 makes every call do so: both paths match the float64
+    gradient's buffer; with rows on the vectors' alignment (64 float32 channels) they write y and dx with
+    streaming stores. PROVG_CPU_CACHE_BYTES=1 makes every call do so: both paths match the float64
     reference (37 channels, a partial vector; 2·23·29 rows in several blocks), and the gradient sums, added
     in another order, differ in the last bits (so the path did switch)."""
-    shape = (2, 37, 23, 29)
     xs, weight, bias, _, _ = _case(shape, count, dtype, seed=6)
     xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
