@@ -4,12 +4,12 @@
 // Forward: one pass reads every branch for the shifted per-channel sums Σ(x−k), Σ(x−k)² (k = the channel's first
 // element), one pass reads them again and writes y = SiLU(Σ_i scale_i·x_i + shift). Backward: one pass recomputes the
 // pre-activation s and ds = grad·SiLU'(s) and reduces Σ ds and Σ ds·(x_i − μ_i); one pass writes dx_i = scale_i·ds +
-// β_i·x_i + γ_i, reading ds back from dx_0's buffer where the first pass kept it (channels-last calls whose tensors fit
-// the last-level cache) or recomputing it (the rest). Channels-last inputs are rows of C channels (work split over balanced blocks of rows, the
-// same blocks in both passes so each thread rereads rows from its own L2, per-block partials; the pre-activation of a
-// vector of channels stays in registers over a group of rows); NCHW inputs are planes of H·W positions (work split over
-// channels for the sums, over planes for the writes). Partials are added in a fixed order, in double, so results do not
-// depend on the thread count.
+// β_i·x_i + γ_i, reading ds back from dx_0's buffer where the first pass kept it (channels-last calls whose tensors
+// fit the last-level cache) or recomputing it (the rest). Channels-last inputs are rows of C channels (work split
+// over balanced blocks of rows, the same blocks in both passes so each thread rereads rows from its own L2,
+// per-block partials; the pre-activation of a vector of channels stays in registers over a group of rows); NCHW
+// inputs are planes of H·W positions (work split over channels for the sums, over planes for the writes). Partials
+// are added in a fixed order, in double, so results do not depend on the thread count.
 #include <torch/library.h>
 
 #include <algorithm>
