@@ -27,6 +27,7 @@ from provg.ops.survey_gate import survey_gate_reference
 from provg.ops.verify_gate import verify_gate_reference
 
 from common import (
+    add_settle_argument,
     append_csv,
     configure_timing,
     graphed,
@@ -181,13 +182,7 @@ def main() -> None:
         "survey kernel skips)",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    parser.add_argument(
-        "--settle",
-        type=int,
-        default=2,
-        help="untimed calls of the same provider before each timed call (default 2), so a call starts from "
-        "its own caches, not the previous provider's dirty lines; 0 times calls straight after each other",
-    )
+    add_settle_argument(parser)
     parser.add_argument(
         "--graph",
         action="store_true",

@@ -40,7 +40,15 @@ from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu_ove
 from provg.ops._gate_api import kernels
 from provg.ops.conv3x3_bias_silu import CONV_ALGORITHMS
 
-from common import append_csv, configure_timing, graphed, interleaved_ms, print_table, use_side_stream
+from common import (
+    add_settle_argument,
+    append_csv,
+    configure_timing,
+    graphed,
+    interleaved_ms,
+    print_table,
+    use_side_stream,
+)
 
 WIDTH = 256
 HEADER = ["part", "size", "B", "provider", "fwd ms", "bwd ms", "fwd+bwd ms", "vs eager", "vs compile"]
@@ -262,13 +270,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument(
-        "--settle",
-        type=int,
-        default=2,
-        help="untimed calls of the same provider before each timed call (default 2), so a call starts from "
-        "its own caches, not the previous provider's dirty lines; 0 times calls straight after each other",
-    )
+    add_settle_argument(parser)
     parser.add_argument(
         "--graph",
         action="store_true",

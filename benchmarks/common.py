@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import gc
@@ -19,6 +20,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # medians (printed above its tables and stored with its rows by `versions`): set by `configure_timing`.
 SETTLE = 0
 TIMING = ""
+
+
+def add_settle_argument(parser: argparse.ArgumentParser) -> None:
+    """``--settle N`` (default 2) for a benchmark's command line; pass its value to `configure_timing`."""
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=2,
+        help="untimed calls of the same provider before each timed call (default 2), so a call starts from "
+        "its own caches, not the previous provider's dirty lines; 0 times calls straight after each other",
+    )
 
 
 def configure_timing(settle: int) -> None:
