@@ -138,8 +138,9 @@ def test_cpp_matches_reference_at_a_stage_1_position_count(op):
 def test_cpp_verify_with_streaming_stores_matches_reference(monkeypatch, shape):
     """PROVG_CPU_CACHE_BYTES=1 makes every cpp verify call write y and dx with streaming stores (their path
     for calls whose tensors take more than half the cache): rows of 5, 37 and 257 floats start off the
-    vectors' alignment, so each row's ends take the one-value path. The results are the regular path's,
-    bit for bit: the same products, stored another way."""
+    vectors' alignment, so each row's ends take the one-value path. The results are the regular path's to
+    the last bit or two (the same products; a compiler may fuse one path's multiply-add and not the
+    other's)."""
     args, grad_indices = make("verify", shape, torch.float32, seed=sum(shape))
     out_ref, grads_ref, upstream = run("verify", args, grad_indices, "reference")
     regular, regular_grads, _ = run("verify", args, grad_indices, "cpp", upstream)
@@ -148,8 +149,9 @@ def test_cpp_verify_with_streaming_stores_matches_reference(monkeypatch, shape):
     assert relative(out, out_ref) <= 1e-5
     for got, want in zip(grads, grads_ref, strict=True):
         assert relative(got, want) <= 1e-4, relative(got, want)
-    assert torch.equal(out, regular)
-    assert all(torch.equal(a, b) for a, b in zip(grads, regular_grads, strict=True))
+    torch.testing.assert_close(out, regular, rtol=1e-6, atol=1e-7)
+    for a, b in zip(grads, regular_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
