@@ -20,16 +20,11 @@ import statistics
 import time
 
 import torch
-from bench_repconv import WIDTH, EagerTail, channels_last_map, eager_tail, fused_tail
+from bench_repconv import WIDTH, EagerTail, channels_last_map, eager_tail, fused_tail, tail_forward_backward
 
 from common import append_csv, print_table
 
 HEADER = ["size", "B", "provider", "after", "median ms", "× after itself"]
-
-
-def forward_backward(call, module: EagerTail, maps: list[torch.Tensor], upstream: torch.Tensor) -> None:
-    fresh = [m.detach().requires_grad_() for m in maps]
-    torch.autograd.grad(call(module, *fresh), fresh + list(module.parameters()), upstream)
 
 
 def time_orders(size: int, batch: int, repeat: int) -> dict[tuple[str, str], float]:
@@ -39,9 +34,9 @@ def time_orders(size: int, batch: int, repeat: int) -> dict[tuple[str, str], flo
     upstream = torch.randn_like(maps[0])
     module = EagerTail(WIDTH).train()
     calls = {
-        "eager": functools.partial(forward_backward, eager_tail, module, maps, upstream),
+        "eager": functools.partial(tail_forward_backward, eager_tail, module, maps, upstream),
         "cpp": functools.partial(
-            forward_backward, functools.partial(fused_tail, backend="cpp"), module, maps, upstream
+            tail_forward_backward, functools.partial(fused_tail, backend="cpp"), module, maps, upstream
         ),
     }
     # Twice the last-level cache of any current CPU server part: reading it leaves only clean lines.

@@ -86,6 +86,13 @@ def eager_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return module(a, b)
 
 
+def tail_forward_backward(call, module: EagerTail, maps: list[torch.Tensor], upstream: torch.Tensor) -> None:
+    """One training step of a tail provider: forward on fresh leaves, then the gradients of the leaves and
+    the module's parameters."""
+    fresh = [m.detach().requires_grad_() for m in maps]
+    torch.autograd.grad(call(module, *fresh), fresh + list(module.parameters()), upstream)
+
+
 def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool, graph: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(2)]
@@ -112,10 +119,7 @@ def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool,
         def backward():
             torch.autograd.grad(out, graph_leaves, upstream, retain_graph=True)
 
-        def both():
-            fresh = [m.detach().requires_grad_() for m in maps]
-            torch.autograd.grad(call(module, *fresh), fresh + list(module.parameters()), upstream)
-
+        both = functools.partial(tail_forward_backward, call, module, maps, upstream)
         return {"fwd": forward, "bwd": backward, "both": both}
 
     prepared = {name: calls(call) for name, call in providers.items()}
