@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# Untimed calls before each timed one in `interleaved_ms`, and how a benchmark timed its rows beyond the
-# medians (printed above its tables and stored with its rows by `versions`): set by `configure_timing`.
-SETTLE = 0
-TIMING = ""
+# Untimed calls before each timed one in `interleaved_ms` (None: 0, and no timing note in `versions`): set by
+# `configure_timing`.
+SETTLE: int | None = None
 
 
 def add_settle_argument(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +35,10 @@ def add_settle_argument(parser: argparse.ArgumentParser) -> None:
 def configure_timing(settle: int) -> None:
     """Time this process's interleaved rounds with ``settle`` untimed calls before each timed call (see
     `interleaved_ms`), and say so above every table and in every CSV row."""
-    global SETTLE, TIMING
+    global SETTLE
     if settle < 0:
         raise ValueError(f"settle must be 0 or more untimed calls, got {settle}")
     SETTLE = settle
-    TIMING = f"settle {settle}"
 
 
 def machine() -> str:
@@ -72,7 +70,7 @@ def versions() -> str:
 
     cuda = torch.version.cuda if torch.cuda.is_available() else "none"
     python = platform.python_version()
-    timing = f", timing {TIMING}" if TIMING else ""
+    timing = f", timing settle {SETTLE}" if SETTLE is not None else ""
     return (
         f"torch {torch.__version__}, provg {provg.__version__}, cuda {cuda}, python {python}, "
         f"allocator {allocator()}{timing}"
@@ -119,7 +117,7 @@ def interleaved_ms(
     eager's took 1.38 and 1.42 ms). One settling call does not always clear a predecessor's lines: the
     fused tail's 60² backward read 0.37–0.48 ms in `bench_repconv.py` with 1, 0.31–0.34 ms with 2.
     """
-    settle = SETTLE if settle is None else settle
+    settle = (SETTLE or 0) if settle is None else settle
     for function in functions.values():
         for _ in range(warmup):
             function()

@@ -21,7 +21,7 @@ def recorder(log: list[str], name: str):
 @pytest.fixture(autouse=True)
 def default_timing():
     yield
-    common.SETTLE, common.TIMING = 0, ""
+    common.SETTLE = None
 
 
 @pytest.mark.parametrize("settle", [0, 1, 3])
