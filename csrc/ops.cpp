@@ -31,10 +31,10 @@ TORCH_LIBRARY(provg, m) {
       "rep_bn_add_silu_backward(Tensor grad, Tensor[] inputs, Tensor weight, Tensor bias, Tensor mean, "
       "Tensor var, bool training, float eps) -> (Tensor[] dinputs, Tensor dweight, Tensor dbias)");
   // The eager entry point with its autograd in C++ (csrc/rep_bn_add_silu_autograd.cpp); updates the running
-  // statistics in place in training.
+  // statistics in place in training and advances the counters (batch norms' num_batches_tracked) by one.
   m.def(
       "rep_bn_add_silu_eager(Tensor[] inputs, Tensor?[] weights, Tensor?[] biases, Tensor(a!)[] running_means, "
-      "Tensor(b!)[] running_vars, bool training, float[] momenta, float eps) -> Tensor");
+      "Tensor(b!)[] running_vars, Tensor(c!)[] counters, bool training, float[] momenta, float eps) -> Tensor");
   m.def("conv3x3_bias_silu_forward(Tensor x, Tensor weight, Tensor bias, Tensor? residual) -> Tensor");
   // The same convolution by Winograd F(2×2, 3×3) (CPU; csrc/cpu/conv3x3_winograd_cpu.cpp): u is the
   // (16, C_in, C_out) filter transform of the (C_out, C_in, 3, 3) weight.

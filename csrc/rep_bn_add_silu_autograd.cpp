@@ -9,7 +9,8 @@
 // Arguments follow torch.nn.functional.batch_norm, one entry per branch: a missing weight is 1, a
 // missing bias 0; empty running-statistic lists mean untracked statistics (batch statistics always).
 // In training with running statistics, running = (1 − m)·running + m·batch, with the unbiased batch
-// variance, as torch.nn.BatchNorm2d updates them.
+// variance, as torch.nn.BatchNorm2d updates them. The counters (the modules' num_batches_tracked, or
+// none) are advanced by one.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -17,6 +18,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/stack.h>
 
+#include <cstring>
 #include <vector>
 
 #include "eager_autograd.h"
@@ -35,6 +37,40 @@ at::MemoryFormat memory_layout(const at::Tensor& x) {
 
 at::ScalarType accumulation_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The (K, C) stack of per-branch parameters in ``options``' dtype: rows copied in when they are contiguous
+// CPU vectors of that dtype (the usual case: at::stack and a cast cost a microsecond each, and on the 15²
+// maps the host work around the kernels costs as much as they do), else at::stack.
+at::Tensor pack(at::TensorList rows, const at::TensorOptions& options) {
+  const at::ScalarType dtype = options.dtype().toScalarType();
+  const int64_t c = rows[0].numel();
+  bool plain = options.device().is_cpu();
+  for (const at::Tensor& r : rows)
+    plain = plain && r.is_cpu() && r.scalar_type() == dtype && r.dim() == 1 && r.numel() == c && r.is_contiguous();
+  if (!plain) return at::stack(rows).to(dtype);
+  at::Tensor out = at::empty({static_cast<int64_t>(rows.size()), c}, options);
+  const size_t bytes = static_cast<size_t>(c) * out.element_size();
+  char* to = static_cast<char*>(out.data_ptr());
+  for (const at::Tensor& r : rows) {
+    std::memcpy(to, r.const_data_ptr(), bytes);
+    to += bytes;
+  }
+  return out;
+}
+
+// Advances each counter (a batch norm's num_batches_tracked) by one, as the module's training forward does: a
+// direct write for the usual CPU int64 scalar (with its version bump), an in-place add otherwise.
+void advance(at::TensorList counters) {
+  for (const at::Tensor& counter : counters) {
+    if (counter.is_cpu() && counter.scalar_type() == at::kLong && counter.numel() == 1 && !counter.is_inference()) {
+      ++*counter.data_ptr<int64_t>();
+      counter.unsafeGetTensorImpl()->bump_version();
+    } else {
+      at::NoGradGuard no_grad;
+      counter.add_(1);
+    }
+  }
 }
 
 std::vector<at::Tensor> in_layout(at::TensorList inputs) {
@@ -71,8 +107,8 @@ struct RepBnAddSiluFunction : public torch::autograd::Function<RepBnAddSiluFunct
                                at::TensorList biases, const at::Tensor& mean, const at::Tensor& var, bool use_batch,
                                double eps) {
     const at::TensorOptions options = inputs[0].options().dtype(accumulation_type(inputs[0]));
-    const at::Tensor weight = at::stack(weights).to(options.dtype_opt()->toScalarType());
-    const at::Tensor bias = at::stack(biases).to(options.dtype_opt()->toScalarType());
+    const at::Tensor weight = pack(weights, options);
+    const at::Tensor bias = pack(biases, options);
     std::vector<at::Tensor> maps = in_layout(inputs);
     auto [y, used_mean, used_var] = forward_kernel(maps, weight, bias, mean, var, use_batch, eps);
     ctx->mark_non_differentiable({used_mean, used_var});
@@ -158,8 +194,8 @@ void update_running(at::TensorList running_means, at::TensorList running_vars, c
 
 at::Tensor rep_bn_add_silu_eager(at::TensorList inputs, const c10::List<std::optional<at::Tensor>>& weights,
                                  const c10::List<std::optional<at::Tensor>>& biases, at::TensorList running_means,
-                                 at::TensorList running_vars, bool training, c10::ArrayRef<double> momenta,
-                                 double eps) {
+                                 at::TensorList running_vars, at::TensorList counters, bool training,
+                                 c10::ArrayRef<double> momenta, double eps) {
   const char* op = "rep_bn_add_silu";
   const int64_t k = static_cast<int64_t>(inputs.size());
   TORCH_CHECK(k >= 1 && k <= 3, op, ": 1 to 3 branch inputs, got ", k);
@@ -177,8 +213,8 @@ at::Tensor rep_bn_add_silu_eager(at::TensorList inputs, const c10::List<std::opt
   if (use_batch) {
     mean = var = at::empty({0}, options);
   } else {
-    mean = at::stack(running_means).to(options.dtype_opt()->toScalarType());
-    var = at::stack(running_vars).to(options.dtype_opt()->toScalarType());
+    mean = pack(running_means, options);
+    var = pack(running_vars, options);
   }
   std::vector<at::Tensor> weight_list, bias_list;
   for (int64_t i = 0; i < k; ++i) {
@@ -188,6 +224,7 @@ at::Tensor rep_bn_add_silu_eager(at::TensorList inputs, const c10::List<std::opt
   }
   variable_list out = RepBnAddSiluFunction::apply(inputs, at::TensorList(weight_list),
                                                   at::TensorList(bias_list), mean, var, use_batch, eps);
+  advance(counters);
   if (training && tracked) {
     update_running(running_means, running_vars, out[1], out[2], momenta, inputs[0].numel() / channels);
   }

@@ -405,7 +405,7 @@ def test_cpp_entry_point_schema_declares_the_running_statistic_update():
     params = [torch.ones(3, requires_grad=True), None]
     torch.library.opcheck(
         torch.ops.provg.rep_bn_add_silu_eager.default,
-        (xs, params, [None, None], *stats, True, [0.1, 0.2], 1e-5),
+        (xs, params, [None, None], *stats, [torch.tensor(0), torch.tensor(5)], True, [0.1, 0.2], 1e-5),
         test_utils=("test_schema", "test_autograd_registration"),
     )
 
@@ -433,12 +433,14 @@ def test_cpp_entry_point_is_differentiable_once():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_over_modules_matches_them_in_training_and_eval(backend):
     """`rep_bn_add_silu_over` against the modules themselves: the cumulative average (momentum=None), a
-    momentum of 0.3 and affine=False together; outputs, running statistics and num_batches_tracked after
-    three training steps, then eval mode; and norms without running statistics (batch statistics in
-    eval mode too)."""
+    momentum of 0.3 and affine=False together; momenta alone (whose num_batches_tracked the C++ entry point
+    advances); outputs, running statistics and num_batches_tracked (and its version counter, as an in-place
+    add moves it) after three training steps, then eval mode; and norms without running statistics (batch
+    statistics in eval mode too)."""
     torch.manual_seed(0)
     for norms in (
         [nn.BatchNorm2d(6, momentum=None), nn.BatchNorm2d(6, momentum=0.3), nn.BatchNorm2d(6, affine=False)],
+        [nn.BatchNorm2d(6, momentum=0.3), nn.BatchNorm2d(6, affine=False)],
         [nn.BatchNorm2d(6, track_running_stats=False), nn.BatchNorm2d(6, track_running_stats=False)],
     ):
         for bn in norms:
@@ -447,6 +449,7 @@ def test_over_modules_matches_them_in_training_and_eval(backend):
                     bn.weight.uniform_(0.5, 1.5)
                     bn.bias.normal_()
         reference = copy.deepcopy(norms)
+        versions = [n.num_batches_tracked._version for n in norms if n.track_running_stats]
         g = torch.Generator().manual_seed(1)
         for training in (True, True, True, False):
             for module in norms + reference:
@@ -458,6 +461,7 @@ def test_over_modules_matches_them_in_training_and_eval(backend):
         for ours, theirs in zip(norms, reference):
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-12, atol=1e-12)
+        assert [n.num_batches_tracked._version - v for n, v in zip(norms, versions)] == [3] * len(versions)
 
 
 def test_over_modules_refuses_norms_that_disagree():

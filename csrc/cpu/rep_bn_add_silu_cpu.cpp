@@ -393,6 +393,7 @@ std::pair<at::Tensor, at::Tensor> batch_statistics(const Branches<T>& in, const 
   at::Tensor mean = at::empty({K, C}, options), var = at::empty({K, C}, options);
   T* m = mean.data_ptr<T>();
   T* v = var.data_ptr<T>();
+#pragma omp simd
   for (int64_t i = 0; i < K * C; ++i) {
     const double first = s1[i] / n;
     m[i] = static_cast<T>(shifts[i] + first);
@@ -402,14 +403,19 @@ std::pair<at::Tensor, at::Tensor> batch_statistics(const Branches<T>& in, const 
 }
 
 // Per (branch, channel) scale_i = γ_i/√(σ²_i + ε), and shift = Σ_i (β_i − μ_i·scale_i) per channel.
+// (Vectorized loops: on the 15² maps a call's per-channel work is a tenth of its kernels' time.)
 template <typename T>
 void affine(const T* weight, const T* bias, const T* mean, const T* var, int64_t K, int64_t C, double eps, T* scale,
             T* rstd, T* shift) {
-  for (int64_t c = 0; c < C; ++c) shift[c] = T(0);
-  for (int64_t i = 0; i < K * C; ++i) {
-    rstd[i] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var[i]) + eps));
-    scale[i] = weight[i] * rstd[i];
-    shift[i % C] += bias[i] - mean[i] * scale[i];
+  std::fill(shift, shift + C, T(0));
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t o = k * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      rstd[o + c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var[o + c]) + eps));
+      scale[o + c] = weight[o + c] * rstd[o + c];
+      shift[c] += bias[o + c] - mean[o + c] * scale[o + c];
+    }
   }
 }
 
@@ -540,6 +546,27 @@ void write_input_gradients(const T* grad, const Branches<T>& in, const Geometry&
   }
 }
 
+// From the sums (K + 1, C) of gradient_sums over n values per channel: the parameter gradients dw = r·S_k and
+// db = S_0, and the input gradients' coefficients dx_k = a_k·ds + β_k·x_k + γ_k, from
+// dx = a·(ds − S0/n − (x − μ)·r²·S/n) in training (β = γ = 0 with running statistics).
+template <typename T>
+void gradient_coefficients(const double* sums, const T* rstd, const T* scale, const T* mean, int64_t K, int64_t C,
+                           double n, bool training, T* dw, T* db, T* beta, T* gamma) {
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t o = k * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = o + c;
+      const double s0 = sums[c], sk = sums[C + i], r = rstd[i], a = scale[i];
+      dw[i] = static_cast<T>(r * sk);
+      db[i] = static_cast<T>(s0);
+      const double b = training ? -a * r * r * sk / n : 0.0;
+      beta[i] = static_cast<T>(b);
+      gamma[i] = static_cast<T>(training ? -a * s0 / n - b * mean[i] : 0.0);
+    }
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rep_bn_add_silu_forward_cpu(
@@ -603,19 +630,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
     const bool keep = g.channels_last && group == kGroup;
     const std::vector<double> sums =
         gradient_sums(dy, in, g, scale.data(), shift.data(), mu, group, keep ? dx[0] : nullptr);
-    const double n = static_cast<double>(g.count());
     std::vector<T> beta(K * C), gamma(K * C);
-    T* dw = dweight.data_ptr<T>();
-    T* db = dbias.data_ptr<T>();
-    for (int64_t i = 0; i < K * C; ++i) {
-      const double s0 = sums[i % C], sk = sums[C + i], r = rstd[i], a = scale[i];
-      dw[i] = static_cast<T>(r * sk);
-      db[i] = static_cast<T>(s0);
-      // dx = a·(ds − S0/n − (x − μ)·r²·S/n): x's coefficient and the constant, in training only.
-      const double b = training ? -a * r * r * sk / n : 0.0;
-      beta[i] = static_cast<T>(b);
-      gamma[i] = static_cast<T>(training ? -a * s0 / n - b * mu[i] : 0.0);
-    }
+    gradient_coefficients(sums.data(), rstd.data(), scale.data(), mu, K, C, static_cast<double>(g.count()), training,
+                          dweight.data_ptr<T>(), dbias.data_ptr<T>(), beta.data(), gamma.data());
     write_input_gradients(dy, in, g, scale.data(), shift.data(), beta.data(), gamma.data(), dx.data(), group, keep);
   });
   return {dinputs, dweight, dbias};

@@ -201,6 +201,35 @@ def rep_bn_add_silu(
     Batch statistics are used when ``training`` or when no running statistics are given; in training
     the running statistics are updated in place as `torch.nn.BatchNorm2d` updates them.
     """
+    inputs = _checked_branches(inputs)
+    count = len(inputs)
+    momenta = (
+        [float(momentum)] * count if isinstance(momentum, (int, float)) else [float(m) for m in momentum]
+    )
+    weights = [None] * count if weights is None else list(weights)
+    biases = [None] * count if biases is None else list(biases)
+    tracked = running_means is not None and running_vars is not None
+    for name, values in (("momentum", momenta), ("weights", weights), ("biases", biases)) + (
+        (("running_means", running_means), ("running_vars", running_vars)) if tracked else ()
+    ):
+        if len(values) != count:
+            raise ValueError(f"rep_bn_add_silu: {count} branches but {len(values)} {name}")
+    return _fused(
+        inputs,
+        list(running_means) if tracked else None,
+        list(running_vars) if tracked else None,
+        weights,
+        biases,
+        training,
+        momenta,
+        eps,
+        backend,
+    )
+
+
+def _checked_branches(inputs: Sequence[Tensor]) -> list[Tensor]:
+    """The branch inputs as a list, after checking that they are 1 to 3 floating (B, C, H, W) tensors of one
+    shape, dtype and device."""
     inputs = list(inputs)
     if not 1 <= len(inputs) <= 3:
         raise ValueError(f"rep_bn_add_silu: 1 to 3 branch inputs, got {len(inputs)}")
@@ -217,18 +246,27 @@ def rep_bn_add_silu(
                 f"({tuple(first.shape)}, {first.dtype}, {first.device}); got "
                 f"({tuple(x.shape)}, {x.dtype}, {x.device})"
             )
-    count, channels = len(inputs), first.shape[1]
-    momenta = (
-        [float(momentum)] * count if isinstance(momentum, (int, float)) else [float(m) for m in momentum]
-    )
-    weights = [None] * count if weights is None else list(weights)
-    biases = [None] * count if biases is None else list(biases)
-    tracked = running_means is not None and running_vars is not None
-    for name, values in (("momentum", momenta), ("weights", weights), ("biases", biases)) + (
-        (("running_means", running_means), ("running_vars", running_vars)) if tracked else ()
-    ):
-        if len(values) != count:
-            raise ValueError(f"rep_bn_add_silu: {count} branches but {len(values)} {name}")
+    return inputs
+
+
+def _fused(
+    inputs: list[Tensor],
+    running_means: list[Tensor] | None,
+    running_vars: list[Tensor] | None,
+    weights: list[Tensor | None],
+    biases: list[Tensor | None],
+    training: bool,
+    momenta: list[float],
+    eps: float,
+    backend: str | None,
+    counters: Sequence[Tensor] = (),
+) -> Tensor:
+    """`rep_bn_add_silu` on checked arguments, one per branch (running statistics: both lists or both None).
+    ``counters`` (batch-norm modules' ``num_batches_tracked``) are advanced by one, by the C++ entry point
+    where it runs."""
+    first = inputs[0]
+    channels = first.shape[1]
+    tracked = running_means is not None
     use_batch = training or not tracked
     elements = first.numel() // max(channels, 1)
     if use_batch and elements <= 1:
@@ -239,20 +277,23 @@ def rep_bn_add_silu(
     if use_batch and eps <= 0.0:
         raise ValueError(f"rep_bn_add_silu: eps must be positive with batch statistics, got {eps}")
     chosen = choose_backend("rep_bn_add_silu", first, backend)
-    if chosen == "torch":
-        return _eager(inputs, running_means, running_vars, weights, biases, training, momenta, eps)
-    if chosen != "triton" and not torch.compiler.is_compiling():
-        # The C++ entry point: autograd node, parameter packing and running-statistic update in C++.
+    if chosen in ("cpp", "cuda") and not torch.compiler.is_compiling():
+        # The C++ entry point: autograd node, parameter packing, counters and running-statistic update.
         return torch.ops.provg.rep_bn_add_silu_eager.default(
             inputs,
             weights,
             biases,
-            list(running_means) if tracked else [],
-            list(running_vars) if tracked else [],
+            running_means if tracked else [],
+            running_vars if tracked else [],
+            list(counters),
             training,
             momenta,
             eps,
         )
+    for counter in counters:
+        counter.add_(1)
+    if chosen == "torch":
+        return _eager(inputs, running_means, running_vars, weights, biases, training, momenta, eps)
     acc = torch.float64 if first.dtype == torch.float64 else torch.float32
     like = first.new_empty(channels, dtype=acc)
     weight = _stack(weights, 1.0, like)
@@ -301,13 +342,13 @@ def _update_running(
         running_vars[i].mul_(1 - m).add_(unbiased[i].to(running_vars[i].dtype), alpha=m)
 
 
-def _momenta(norms: list[nn.modules.batchnorm._BatchNorm], training: bool) -> list[float]:
-    """The running-statistic factors the modules' own forwards would use, counting this batch as they do
-    (``num_batches_tracked`` + 1 in training; ``momentum=None`` is the cumulative average
+def _counted_momenta(norms: list[nn.modules.batchnorm._BatchNorm]) -> list[float]:
+    """Advances each module's ``num_batches_tracked`` by one, as its training forward does, and returns the
+    running-statistic factor that forward would use (``momentum=None``: the cumulative average
     1/num_batches_tracked)."""
     momenta = []
     for n in norms:
-        counter = n.num_batches_tracked if training else None
+        counter = n.num_batches_tracked
         if counter is not None:
             counter.add_(1)
         if n.momentum is not None:
@@ -330,16 +371,20 @@ def rep_bn_add_silu_over(
         raise ValueError(
             f"rep_bn_add_silu_over: one batch norm per input, got {len(inputs)} inputs, {len(norms)} norms"
         )
-    # One pass over the modules (their attributes go through nn.Module.__getattr__): this runs in every
-    # RepVGG block, where on the 15² maps the Python around the kernels costs as much as they do.
+    # One pass over the modules, reading registered parameters and buffers from their tables: this runs in
+    # every RepVGG block, where on the 15² maps the Python around the kernels costs as much as they do, and
+    # nn.Module.__getattr__ is a Python call per attribute.
     training, eps = norms[0].training, norms[0].eps
-    running_means, running_vars, weights, biases = [], [], [], []
+    running_means, running_vars, weights, biases, counters, momenta = [], [], [], [], [], []
     agree, sync = True, False
     for n in norms:
-        running_means.append(n.running_mean)
-        running_vars.append(n.running_var)
-        weights.append(n.weight)
-        biases.append(n.bias)
+        parameters, buffers = n._parameters, n._buffers
+        running_means.append(_member(n, buffers, "running_mean"))
+        running_vars.append(_member(n, buffers, "running_var"))
+        counters.append(_member(n, buffers, "num_batches_tracked"))
+        weights.append(_member(n, parameters, "weight"))
+        biases.append(_member(n, parameters, "bias"))
+        momenta.append(n.momentum)
         agree = agree and n.training == training and n.eps == eps
         sync = sync or isinstance(n, nn.SyncBatchNorm)
     tracking = [m is not None and v is not None for m, v in zip(running_means, running_vars)]
@@ -360,14 +405,29 @@ def rep_bn_add_silu_over(
             if len(set(values)) > 1:
                 raise ValueError(f"rep_bn_add_silu_over: the batch norms must share {name}, got {values}")
     tracked = tracking[0]
-    return rep_bn_add_silu(
+    inputs = _checked_branches(inputs)
+    counting = training and tracked
+    if counting and (None in momenta or any(c is None for c in counters)):
+        momenta, counters = _counted_momenta(norms), []  # the cumulative average needs the advanced counts
+    elif counting:
+        momenta = [float(m) for m in momenta]
+    else:
+        momenta, counters = [0.0 if m is None else float(m) for m in momenta], []
+    return _fused(
         inputs,
         running_means if tracked else None,
         running_vars if tracked else None,
         weights,
         biases,
-        training=training,
-        momentum=_momenta(norms, training and tracked),
-        eps=eps,
-        backend=backend,
+        training,
+        momenta,
+        eps,
+        backend,
+        counters,
     )
+
+
+def _member(module: nn.Module, table: dict, name: str) -> Tensor | None:
+    """``getattr(module, name)``, read from ``table`` (its ``_parameters`` or ``_buffers``) when registered
+    there: what nn.Module.__getattr__ returns, without its Python call."""
+    return table[name] if name in table else getattr(module, name)
