@@ -1,6 +1,7 @@
-// Shared pieces of the CPU gate kernels (and of the RepVGG tail's): input checks, the masked softmax over a
-// handful of keys, the split of positions into blocks and jobs (per-block partial sums keep the reductions
-// deterministic whatever the thread count), and the last-level cache size the kernels plan for.
+// Shared pieces of the CPU gate kernels (and of the RepVGG tail's): input checks, the attention of scalar
+// queries over a handful of keys, the split of positions into blocks and jobs (per-block partial sums keep
+// the reductions deterministic whatever the thread count), and the last-level cache size the kernels plan
+// for.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -105,39 +106,71 @@ inline T sigmoid(T a) {
   return T(1) / (T(1) + std::exp(-a));
 }
 
-// weights[n] = softmax over valid keys of scores[n]; all zero when no key is valid.
-template <typename T>
-inline void masked_softmax(const T* scores, const bool* valid, int64_t n, T* weights) {
-  T top = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < n; ++i)
-    if (valid[i] && scores[i] > top) top = scores[i];
-  if (top == -std::numeric_limits<T>::infinity()) {
-    for (int64_t i = 0; i < n; ++i) weights[i] = T(0);
-    return;
-  }
-  T total = T(0);
-  for (int64_t i = 0; i < n; ++i) {
-    weights[i] = valid[i] ? std::exp(scores[i] - top) : T(0);
-    total += weights[i];
-  }
-  const T inverse = T(1) / total;
-  for (int64_t i = 0; i < n; ++i) weights[i] *= inverse;
-}
-
-// ds = w ⊙ (dw − Σ w·dw): the softmax backward for one query row.
-template <typename T>
-inline void softmax_backward(const T* weights, const T* dweights, int64_t n, T* dscores) {
-  T dot = T(0);
-  for (int64_t i = 0; i < n; ++i) dot += weights[i] * dweights[i];
-  for (int64_t i = 0; i < n; ++i) dscores[i] = weights[i] * (dweights[i] - dot);
-}
-
 // σ(a) for a vector of values.
 template <typename T>
 inline at::vec::Vectorized<T> sigmoid_vec(const at::vec::Vectorized<T>& a) {
   using Vec = at::vec::Vectorized<T>;
   // NOTE: exp_u20 is accurate to ~20 ulp, far inside the 1e-5 relative error budget of float32.
   return Vec(T(1)) / (Vec(T(1)) + a.neg().exp_u20());
+}
+
+// Attention with scalar queries over a handful of scalar keys (the locate gate's positions, the verify
+// gate's channels), vectorized across queries: one exp per key for a whole vector of queries. For
+// `count` queries, gate[p] = σ(Σ_n w_pn v_n) with w_p = masked softmax(query_p · k) (no valid key:
+// attention 0, gate 1/2). With dquery, also the backward: given gx[p] = ∂L/∂gate[p] (Σ_c grad·x over a
+// locate row, Σ_p grad·x over a verify column), it writes dquery[p] and adds each key's dk and dv
+// contributions, lane by lane, to dk_lanes / dv_lanes (N × vector size); exps is N × vector size scratch.
+template <typename T>
+struct Attention {
+  const T* keys;
+  const T* values;
+  const bool* valid;
+  int64_t count;
+};
+
+template <typename T>
+void scalar_query_gates(const T* query, int64_t count, const Attention<T>& a, T* gate, const T* gx, T* dquery,
+                    T* exps, T* dk_lanes, T* dv_lanes) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t S = Vec::size();
+  const bool any = std::any_of(a.valid, a.valid + a.count, [](bool v) { return v; });
+  for (int64_t p = 0; p < count; p += S) {
+    const int64_t lanes = std::min(S, count - p);
+    if (!any) {  // attention 0: gate 1/2, and no gradient reaches the query, keys or values
+      Vec(T(0.5)).store(gate + p, lanes);
+      if (dquery) Vec(T(0)).store(dquery + p, lanes);
+      continue;
+    }
+    const Vec q = Vec::loadu(query + p, lanes);
+    Vec top(-std::numeric_limits<T>::infinity());
+    for (int64_t n = 0; n < a.count; ++n)
+      if (a.valid[n]) top = at::vec::maximum(top, q * Vec(a.keys[n]));
+    Vec total(T(0)), mixed(T(0));
+    for (int64_t n = 0; n < a.count; ++n) {
+      if (!a.valid[n]) continue;
+      const Vec e = (q * Vec(a.keys[n]) - top).exp();
+      if (exps) e.store(exps + n * S);
+      total = total + e;
+      mixed = at::vec::fmadd(e, Vec(a.values[n]), mixed);
+    }
+    const Vec inverse = Vec(T(1)) / total;
+    const Vec attention = mixed * inverse;
+    const Vec g = Vec(T(1)) / (Vec(T(1)) + attention.neg().exp());
+    g.store(gate + p, lanes);
+    if (!dquery) continue;
+    // dA = (Σ_c grad·x)·σ'(A); dscore_n = w_n·dA·(v_n − A); dquery = Σ_n dscore_n·k_n.
+    const Vec da = Vec::loadu(gx + p, lanes) * g * (Vec(T(1)) - g);  // zero in unused lanes
+    Vec dq(T(0));
+    for (int64_t n = 0; n < a.count; ++n) {
+      if (!a.valid[n]) continue;
+      const Vec w = Vec::loadu(exps + n * S) * inverse;
+      const Vec ds = w * da * (Vec(a.values[n]) - attention);
+      dq = at::vec::fmadd(ds, Vec(a.keys[n]), dq);
+      at::vec::fmadd(ds, q, Vec::loadu(dk_lanes + n * S)).store(dk_lanes + n * S);
+      at::vec::fmadd(w, da, Vec::loadu(dv_lanes + n * S)).store(dv_lanes + n * S);
+    }
+    dq.store(dquery + p, lanes);
+  }
 }
 
 template <typename T>

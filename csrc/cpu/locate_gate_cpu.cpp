@@ -38,63 +38,6 @@ Shape check_locate(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   return {x.size(0), x.size(1), x.size(2), k.size(1)};
 }
 
-// The attention over the spatial-cue tokens, vectorized across positions: for `count` scalar queries,
-// gate[p] = σ(Σ_n w_pn v_n) with w_p = masked softmax(query_p · k). With `grads`, also the backward
-// for those positions: given gx[p] = Σ_c grad·x, it writes dquery[p] and adds each key's dk and dv
-// contributions, lane by lane, to dk_lanes / dv_lanes (N × vector size).
-template <typename T>
-struct Attention {
-  const T* keys;
-  const T* values;
-  const bool* valid;
-  int64_t count;
-};
-
-template <typename T>
-void position_gates(const T* query, int64_t count, const Attention<T>& a, T* gate, const T* gx, T* dquery,
-                    T* exps, T* dk_lanes, T* dv_lanes) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t S = Vec::size();
-  const bool any = std::any_of(a.valid, a.valid + a.count, [](bool v) { return v; });
-  for (int64_t p = 0; p < count; p += S) {
-    const int64_t lanes = std::min(S, count - p);
-    if (!any) {  // attention 0: gate 1/2, and no gradient reaches the query, keys or values
-      Vec(T(0.5)).store(gate + p, lanes);
-      if (dquery) Vec(T(0)).store(dquery + p, lanes);
-      continue;
-    }
-    const Vec q = Vec::loadu(query + p, lanes);
-    Vec top(-std::numeric_limits<T>::infinity());
-    for (int64_t n = 0; n < a.count; ++n)
-      if (a.valid[n]) top = at::vec::maximum(top, q * Vec(a.keys[n]));
-    Vec total(T(0)), mixed(T(0));
-    for (int64_t n = 0; n < a.count; ++n) {
-      if (!a.valid[n]) continue;
-      const Vec e = (q * Vec(a.keys[n]) - top).exp();
-      if (exps) e.store(exps + n * S);
-      total = total + e;
-      mixed = at::vec::fmadd(e, Vec(a.values[n]), mixed);
-    }
-    const Vec inverse = Vec(T(1)) / total;
-    const Vec attention = mixed * inverse;
-    const Vec g = Vec(T(1)) / (Vec(T(1)) + attention.neg().exp());
-    g.store(gate + p, lanes);
-    if (!dquery) continue;
-    // dA = (Σ_c grad·x)·σ'(A); dscore_n = w_n·dA·(v_n − A); dquery = Σ_n dscore_n·k_n.
-    const Vec da = Vec::loadu(gx + p, lanes) * g * (Vec(T(1)) - g);  // zero in unused lanes
-    Vec dq(T(0));
-    for (int64_t n = 0; n < a.count; ++n) {
-      if (!a.valid[n]) continue;
-      const Vec w = Vec::loadu(exps + n * S) * inverse;
-      const Vec ds = w * da * (Vec(a.values[n]) - attention);
-      dq = at::vec::fmadd(ds, Vec(a.keys[n]), dq);
-      at::vec::fmadd(ds, q, Vec::loadu(dk_lanes + n * S)).store(dk_lanes + n * S);
-      at::vec::fmadd(w, da, Vec::loadu(dv_lanes + n * S)).store(dv_lanes + n * S);
-    }
-    dq.store(dquery + p, lanes);
-  }
-}
-
 template <typename T>
 void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, const bool* mask, T* y, const Shape& s) {
   const Blocks blocks(s.positions, kBlock);
@@ -106,7 +49,7 @@ void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, cons
       const T* x_block = x + (b * s.positions + first) * s.channels;
       for (int64_t p = 0; p < count; ++p) query[p] = dot(x_block + p * s.channels, w, s.channels) + bias;
       const Attention<T> a{k + b * s.keys, v + b * s.keys, mask + b * s.keys, s.keys};
-      position_gates<T>(query, count, a, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
+      scalar_query_gates<T>(query, count, a, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
       T* y_block = y + (b * s.positions + first) * s.channels;
       for (int64_t p = 0; p < count; ++p) {
         const T* x_row = x_block + p * s.channels;
@@ -138,7 +81,7 @@ void backward_kernel(const T* grad, const T* x, const T* w, T bias, const T* k, 
       std::fill(dk_lanes.begin(), dk_lanes.end(), T(0));
       std::fill(dv_lanes.begin(), dv_lanes.end(), T(0));
       const Attention<T> a{k + b * s.keys, v + b * s.keys, mask + b * s.keys, s.keys};
-      position_gates<T>(query, count, a, gate, gx, dquery, exps.data(), dk_lanes.data(), dv_lanes.data());
+      scalar_query_gates<T>(query, count, a, gate, gx, dquery, exps.data(), dk_lanes.data(), dv_lanes.data());
       for (int64_t n = 0; n < s.keys; ++n) {
         T dk = T(0), dv = T(0);
         for (int64_t lane = 0; lane < S; ++lane) {
