@@ -16,9 +16,10 @@ unfused block), ``cpp``, ``cuda``, ``triton``; NCHW and channels-last inputs (y 
 first input). `rep_bn_add_silu_reference` is the float64 oracle the kernels are tested against.
 
 Eager cpp/cuda calls go through one C++ operator (``provg::rep_bn_add_silu_eager``: autograd node,
-parameter packing and running-statistic update in C++, csrc/rep_bn_add_silu_autograd.cpp), because
-on the 15² and 30² CFM maps a Python autograd layer costs as much as the kernels; torch.compile and
-torch.export trace ``provg::rep_bn_add_silu``, whose autograd is registered below.
+parameter packing, running-statistic update and the modules' ``num_batches_tracked`` in C++,
+csrc/rep_bn_add_silu_autograd.cpp), because on the 15² and 30² CFM maps a Python autograd layer costs
+as much as the kernels; torch.compile and torch.export trace ``provg::rep_bn_add_silu``, whose autograd
+is registered below.
 """
 
 from __future__ import annotations
