@@ -130,7 +130,7 @@ struct Attention {
 
 template <typename T>
 void scalar_query_gates(const T* query, int64_t count, const Attention<T>& a, T* gate, const T* gx, T* dquery,
-                    T* exps, T* dk_lanes, T* dv_lanes) {
+                        T* exps, T* dk_lanes, T* dv_lanes) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t S = Vec::size();
   const bool any = std::any_of(a.valid, a.valid + a.count, [](bool v) { return v; });

@@ -403,7 +403,7 @@ std::pair<at::Tensor, at::Tensor> batch_statistics(const Branches<T>& in, const 
 }
 
 // Per (branch, channel) scale_i = γ_i/√(σ²_i + ε), and shift = Σ_i (β_i − μ_i·scale_i) per channel.
-// (Vectorized loops: on the 15² maps a call's per-channel work is a tenth of its kernels' time.)
+// (Vectorized, without a modulo: the scalar loops took about 3 µs a call, a fifth of the 15² forward.)
 template <typename T>
 void affine(const T* weight, const T* bias, const T* mean, const T* var, int64_t K, int64_t C, double eps, T* scale,
             T* rstd, T* shift) {

@@ -1,10 +1,11 @@
 // CPU kernels of provg::verify_gate_{forward,backward} (Eq. 5–7). The channel means need every position
 // before any gate is known, so the forward reads x twice (means, then the gated write) and the
-// backward reads grad and x once (for Σ_p x and Σ_p grad·x), then grad again to write dx; the
+// backward reads grad and x once (for Σ_p x and Σ_p grad·x), then grad again to write dx. The
 // per-channel attention in between (C × N per batch item) is vectorized across channels
-// (scalar_query_gates): one scalar loop per channel took 50 µs of a 325 µs forward+backward at stage 2, B = 1. Calls whose tensors take more than half
-// the last-level cache write y and dx with streaming stores (stream_writes), which keep x in the cache for
-// the second read instead of evicting it for lines nothing rereads.
+// (scalar_query_gates): a scalar loop per channel took about 50 µs of a 325 µs forward+backward at stage 2,
+// B = 1, on one thread. Calls whose tensors take more than half the last-level cache write y and dx with
+// streaming stores (stream_writes), which keep x in the cache for the second read instead of evicting it
+// for lines nothing rereads.
 #include <torch/library.h>
 
 #include <tuple>
