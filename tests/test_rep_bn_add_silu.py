@@ -464,6 +464,29 @@ def test_over_modules_matches_them_in_training_and_eval(backend):
         assert [n.num_batches_tracked._version - v for n, v in zip(norms, versions)] == [3] * len(versions)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_over_modules_reads_a_parametrized_weight(backend):
+    """A weight behind `torch.nn.utils.parametrize` is no longer a registered parameter (the module reads it
+    through a property): `rep_bn_add_silu_over` must read it as the module's forward does, and send its
+    gradient to the parametrization's original."""
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.manual_seed(0)
+    norms = [nn.BatchNorm2d(6).double(), nn.BatchNorm2d(6).double()]
+    torch.nn.utils.parametrize.register_parametrization(norms[0], "weight", Double())
+    reference = copy.deepcopy(norms)
+    xs = [torch.randn(2, 6, 5, 7, dtype=torch.float64) for _ in norms]
+    upstream = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    rep_bn_add_silu_over(xs, norms, backend=backend).backward(upstream)
+    F.silu(sum(bn(x) for bn, x in zip(reference, xs))).backward(upstream)
+    ours, theirs = norms[0].parametrizations.weight.original, reference[0].parametrizations.weight.original
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(norms[0].running_var, reference[0].running_var, rtol=1e-12, atol=1e-12)
+
+
 def test_over_modules_refuses_norms_that_disagree():
     xs = [torch.randn(2, 3, 4, 4) for _ in range(2)]
     with pytest.raises(ValueError, match=r"share eps, got \[1e-05, 0\.001\]"):
