@@ -283,12 +283,13 @@ inline void for_row_groups(int64_t begin, int64_t end, int64_t group, int64_t C,
 
 // for_row_groups over all rows, in parallel, each thread taking the rows of whole Blocks(rows, kRows): the
 // blocks of the statistic passes, so that a write pass rereads from each thread's L2 the rows it summed.
+// ``streaming``: the body writes with streaming stores, fenced before the pass ends (as verify's scale_rows).
 template <typename T, typename Body>
-inline void parallel_row_groups(int64_t rows, int64_t group, int64_t C, const Body& body) {
+inline void parallel_row_groups(int64_t rows, int64_t group, int64_t C, bool streaming, const Body& body) {
   const Blocks blocks(rows, kRows);
   at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
     for_row_groups<T>(blocks.first(begin), blocks.last(end - 1), group, C, body);
-    stream_fence();  // the body's streaming stores, if any, before the pass ends
+    if (streaming) stream_fence();
   });
 }
 
@@ -429,9 +430,11 @@ void write_output(const Branches<T>& in, const Geometry& g, const T* scale, cons
       with_flag(streaming, [&](auto stream) {
         constexpr int K = decltype(k)::value;
         constexpr bool Stream = decltype(stream)::value;
-        parallel_row_groups<T>(g.count(), group, C, [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
-          output_vector<K, decltype(full)::value, Stream>(in, C, c, n, scale, shift, first, last, y);
-        });
+        parallel_row_groups<T>(g.count(), group, C, Stream,
+                               [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
+                                 output_vector<K, decltype(full)::value, Stream>(in, C, c, n, scale, shift, first,
+                                                                                 last, y);
+                               });
       });
     });
   } else {
@@ -525,7 +528,7 @@ void write_input_gradients(const T* grad, const Branches<T>& in, const Geometry&
         with_flag(streaming, [&](auto stream) {
           constexpr int KB = decltype(k)::value;
           constexpr bool Kept = decltype(stored)::value, Stream = decltype(stream)::value;
-          parallel_row_groups<T>(g.count(), group, C,
+          parallel_row_groups<T>(g.count(), group, C, Stream,
                                  [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
                                    input_gradients_vector<KB, decltype(full)::value, Kept, Stream>(
                                        grad, in, C, c, n, scale, shift, beta, gamma, first, last, dx);
