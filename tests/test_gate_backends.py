@@ -133,19 +133,30 @@ def test_cpp_matches_reference_at_a_stage_1_position_count(op):
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
 @pytest.mark.parametrize(
-    "shape", [(2, 7, 5, 3, 1), (3, 97, 37, 7, 1), (2, 65, 96, 4, 1), (1, 130, 257, 20, 1)]
+    "op, shape",
+    [
+        ("verify", (2, 7, 5, 3, 1)),
+        ("verify", (3, 97, 37, 7, 1)),
+        ("verify", (2, 65, 96, 4, 1)),
+        ("verify", (1, 130, 257, 20, 1)),
+        ("survey", (2, 97, 32, 7, 1)),
+        ("survey", (2, 130, 64, 20, 2)),
+        ("survey", (3, 33, 48, 5, 3)),
+        ("survey", (2, 65, 40, 4, 1)),
+    ],
 )
-def test_cpp_verify_with_streaming_stores_matches_reference(monkeypatch, shape):
-    """PROVG_CPU_CACHE_BYTES=1 makes every cpp verify call write y and dx with streaming stores (their path
-    for calls whose tensors take more than half the cache): rows of 5, 37 and 257 floats start off the
-    vectors' alignment, so each row's ends take the one-value path. The results are the regular path's to
-    the last bit or two (the same products; a compiler may fuse one path's multiply-add and not the
-    other's)."""
-    args, grad_indices = make("verify", shape, torch.float32, seed=sum(shape))
-    out_ref, grads_ref, upstream = run("verify", args, grad_indices, "reference")
-    regular, regular_grads, _ = run("verify", args, grad_indices, "cpp", upstream)
+def test_cpp_with_streaming_stores_matches_reference(monkeypatch, op, shape):
+    """PROVG_CPU_CACHE_BYTES=1 makes every cpp verify and survey call write its outputs with streaming stores
+    (their path for calls whose tensors take more than half the cache). Verify: rows of 5, 37 and 257 floats
+    start off the vectors' alignment, so each row's ends take the one-value path. Survey streams where every
+    head's slice of a row is whole vectors (widths 32, 32 and 16 here), and dq then goes through a tile
+    buffer; width 40 keeps the regular path. The results are the regular path's to the last bit or two (the
+    same products; a compiler may fuse one path's multiply-add and not the other's)."""
+    args, grad_indices = make(op, shape, torch.float32, seed=sum(shape))
+    out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")
+    regular, regular_grads, _ = run(op, args, grad_indices, "cpp", upstream)
     monkeypatch.setenv("PROVG_CPU_CACHE_BYTES", "1")
-    out, grads, _ = run("verify", args, grad_indices, "cpp", upstream)
+    out, grads, _ = run(op, args, grad_indices, "cpp", upstream)
     assert relative(out, out_ref) <= 1e-5
     for got, want in zip(grads, grads_ref, strict=True):
         assert relative(got, want) <= 1e-4, relative(got, want)
