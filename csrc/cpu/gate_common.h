@@ -209,6 +209,17 @@ inline void stream_fence() {
 #endif
 }
 
+// out[c] for c < n through streaming stores: the row's 64-byte-aligned middle in whole vectors (vector(c): the
+// values at c .. c + S − 1), its ends one value at a time (scalar(c)).
+template <typename Vector, typename Scalar>
+inline void stream_row(float* out, int64_t n, const Vector& vector, const Scalar& scalar) {
+  constexpr int64_t S = at::vec::Vectorized<float>::size();
+  int64_t c = 0;
+  for (; c < n && reinterpret_cast<uintptr_t>(out + c) % (S * sizeof(float)) != 0; ++c) out[c] = scalar(c);
+  for (; c + S <= n; c += S) stream_store(vector(c), out + c);
+  for (; c < n; ++c) out[c] = scalar(c);
+}
+
 template <typename T>
 inline void axpy(T alpha, const T* x, T* y, int64_t n) {
 #pragma omp simd

@@ -74,20 +74,16 @@ std::pair<at::Tensor, at::Tensor> column_sums(const T* x, const T* grad, const S
   return {reduce_blocks(sums), grad ? reduce_blocks(products) : products};
 }
 
-// out[n] = a[n]·scale[n] + shift[n] (shift optional) over one row, through non-temporal stores: the row's
-// 64-byte-aligned middle in whole vectors, the ends one value at a time.
+// out[n] = a[n]·scale[n] + shift[n] (shift optional) over one row, through non-temporal stores.
 inline void scale_row_streaming(const float* a, const float* scale, const float* shift, float* out, int64_t n) {
   using Vec = at::vec::Vectorized<float>;
-  constexpr int64_t S = Vec::size();
-  int64_t c = 0;
-  for (; c < n && reinterpret_cast<uintptr_t>(out + c) % (S * sizeof(float)) != 0; ++c)
-    out[c] = a[c] * scale[c] + (shift ? shift[c] : 0.f);
-  for (; c + S <= n; c += S) {
-    Vec v = Vec::loadu(a + c) * Vec::loadu(scale + c);
-    if (shift) v = v + Vec::loadu(shift + c);
-    stream_store(v, out + c);
-  }
-  for (; c < n; ++c) out[c] = a[c] * scale[c] + (shift ? shift[c] : 0.f);
+  stream_row(
+      out, n,
+      [&](int64_t c) {
+        const Vec v = Vec::loadu(a + c) * Vec::loadu(scale + c);
+        return shift ? v + Vec::loadu(shift + c) : v;
+      },
+      [&](int64_t c) { return a[c] * scale[c] + (shift ? shift[c] : 0.f); });
 }
 
 // out[b, p, c] = a[b, p, c] · scale[b, c] + shift[b, c] (shift optional).
