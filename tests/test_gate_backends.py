@@ -148,13 +148,13 @@ def test_cpp_matches_reference_at_a_stage_1_position_count(op):
     ],
 )
 def test_cpp_with_streaming_stores_matches_reference(monkeypatch, op, shape):
-    """PROVG_CPU_CACHE_BYTES=1 makes every cpp verify and survey call, and locate's backward, write their
-    outputs with streaming stores (their path for calls whose tensors take more than half the cache). Verify
-    and locate: rows of 5, 37 and 257 floats start off the vectors' alignment, so each row's ends take the
-    one-value path. Survey streams where every
-    head's slice of a row is whole vectors (widths 32, 32 and 16 here), and dq then goes through a tile
-    buffer; width 40 keeps the regular path. The results are the regular path's to the last bit or two (the
-    same products; a compiler may fuse one path's multiply-add and not the other's)."""
+    """PROVG_CPU_CACHE_BYTES=1 makes every cpp verify, survey and locate call write its outputs with
+    streaming stores (their path for calls whose tensors take more than half the cache). Verify and locate:
+    rows of 5, 37 and 257 floats start off the vectors' alignment, so each row's ends take the one-value
+    path. Survey streams where every head's slice of a row is whole vectors (widths 32, 32 and 16 here), and
+    dq then goes through a tile buffer; width 40 keeps the regular path. The results are the regular path's
+    to the last bit or two (the same products; a compiler may fuse one path's multiply-add and not the
+    other's)."""
     args, grad_indices = make(op, shape, torch.float32, seed=sum(shape))
     out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")
     regular, regular_grads, _ = run(op, args, grad_indices, "cpp", upstream)
