@@ -145,10 +145,15 @@ inline void silu_backward_inplace<float>(float* s, const float* grad, int64_t n)
 // such calls take one row per group. They also write y and dx with streaming stores where rows start on the
 // vectors' alignment (float32): the lines go to memory without being read first or evicting the inputs the
 // next pass rereads (forward+backward, 60², B = 2: 1.54–1.92 → 1.34–1.62 ms; 120², B = 2: 6.6–7.8 → 6.5–7.2 ms).
+// The forward takes that path from half the cache on, as the gates' passes do (stream_writes): its output is a
+// third of what it moves (60², B = 2, 22 MB: forward 0.59–0.62 → 0.46–0.48 ms in three A/B rounds of
+// bench_repconv.py); the backward at half the cache was 0.44–0.48 → 0.48–0.51 ms (60², B = 1), so it keeps
+// the whole cache as its bound.
 
 constexpr int64_t kGroup = 4;  // rows per group while a call's tensors fit in the last-level cache
 
-// Rows per group for a call whose tensors (inputs and outputs) take ``bytes``.
+// Rows per group for a call whose tensors (inputs and outputs) take ``bytes`` (the forward passes twice its
+// bytes: see above).
 inline int64_t rows_per_group(int64_t bytes) { return bytes > cache_bytes() ? 1 : kGroup; }
 
 template <typename T>
@@ -424,8 +429,9 @@ template <typename T>
 void write_output(const Branches<T>& in, const Geometry& g, const T* scale, const T* shift, T* y) {
   const int64_t C = g.channels, L = g.positions;
   if (g.channels_last) {
-    const int64_t group = rows_per_group((in.k + 1) * g.count() * C * int64_t(sizeof(T)));  // inputs, y
-    const bool streaming = group == 1 && rows_aligned<T>(y, C);  // beyond the cache: see kGroup
+    const int64_t bytes = (in.k + 1) * g.count() * C * int64_t(sizeof(T));  // inputs, y
+    const int64_t group = rows_per_group(2 * bytes);                          // from half the cache: see kGroup
+    const bool streaming = group == 1 && rows_aligned<T>(y, C);
     with_branch_count(in.k, [&](auto k) {
       with_flag(streaming, [&](auto stream) {
         constexpr int K = decltype(k)::value;
