@@ -157,8 +157,8 @@ void attend_tile(const T* q_tile, int64_t rows, int64_t b, int64_t h, const Pack
                p.width_pad, false);
 }
 
-// Whether a pass over ``tensors`` tensors of x's size writes ``out`` with streaming stores: when they exceed the
-// cache (stream_writes), and every head's slice of a row is whole float vectors on their alignment.
+// Whether a pass over ``tensors`` tensors of x's size writes ``out`` with streaming stores: when they take more than
+// half the cache (stream_writes), and every head's slice of a row is whole float vectors on their alignment.
 template <typename T>
 bool streaming_rows(const at::Tensor& out, const Shape& s, int64_t tensors) {
   constexpr int64_t S = at::vec::Vectorized<T>::size();
