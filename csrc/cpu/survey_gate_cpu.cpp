@@ -1,5 +1,5 @@
 // CPU kernels of provg::survey_gate_{forward,backward} (Eq. 1–2). Positions are cut into jobs of kChunk positions per
-// batch item, handed to the threads as they ask (parallel_jobs), and each job into tiles of kTile positions whose
+// batch item, handed to the threads as they ask (parallel_jobs), and each job into tiles (tile_rows) whose
 // scores, weights and attention stay in L1/L2: per tile and head the attention is a few register-blocked products
 // (tile_gemm.h) around a vectorized masked softmax and a fused sigmoid gate, so x and q are read once and y written
 // once. Only valid tokens enter the products (packed per batch item), so a padded expression costs what its real tokens
@@ -46,8 +46,16 @@ Shape check_survey(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k
   return {x.size(0), x.size(1), x.size(2), k.size(1), heads, x.size(2) / heads};
 }
 
-constexpr int64_t kTile = 32;    // positions per tile
 constexpr int64_t kChunk = 128;  // positions per job: the unit of work and of the k/v gradient partials
+
+// Positions per tile for head slices of width_pad values: as many as keep a tile's attention within 64 KB, from 32 to
+// a whole job (stage 1: 128, stage 2: 64, stages 3–4: 32). Larger tiles load and store the per-job k/v gradient
+// partials fewer times. AMD EPYC, 2 vCPUs, bench_pcm.py, three A/B rounds against 32 everywhere, forward+backward at
+// B = 2: stage 1 7.34–7.90 → 6.38–6.64 ms, stage 2 3.06–3.29 → 2.84–3.08 ms. 16 positions were 15% slower than 32.
+template <typename T>
+int64_t tile_rows(int64_t width_pad) {
+  return std::clamp<int64_t>((int64_t(64) << 10) / (width_pad * int64_t(sizeof(T))), 32, kChunk);
+}
 
 // Per (batch item, head) operands over the valid tokens only (a masked token has weight 0 and gets no
 // gradient, so it is left out of every product): keys_t = scale·Kᵀ and values_t = Vᵀ (width × keys_pad)
@@ -181,13 +189,13 @@ template <typename T>
 void forward_kernel(const T* x, const T* q, const Packed<T>& p, T* y, const Shape& s, bool streaming) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t S = Vec::size();
-  const int64_t chunks = (s.positions + kChunk - 1) / kChunk;
+  const int64_t chunks = (s.positions + kChunk - 1) / kChunk, tile = tile_rows<T>(p.width_pad);
   parallel_jobs(s.batch * chunks, [&](const auto& next) {
-    std::vector<T> weights(kTile * p.keys_pad), attention(kTile * p.width_pad);
+    std::vector<T> weights(tile * p.keys_pad), attention(tile * p.width_pad);
     for (int64_t job; (job = next()) >= 0;) {
       const int64_t b = job / chunks, chunk_end = std::min(s.positions, (job % chunks + 1) * kChunk);
-      for (int64_t first = (job % chunks) * kChunk; first < chunk_end; first += kTile) {
-        const int64_t rows = std::min(kTile, chunk_end - first);
+      for (int64_t first = (job % chunks) * kChunk; first < chunk_end; first += tile) {
+        const int64_t rows = std::min(tile, chunk_end - first);
         for (int64_t h = 0; h < s.heads; ++h) {
           const int64_t base = (b * s.positions + first) * s.channels + h * s.width;
           attend_tile(q + base, rows, b, h, p, s, weights.data(), attention.data());
@@ -209,20 +217,20 @@ void backward_kernel(const T* grad, const T* x, const T* q, const Packed<T>& p, 
                      T* dv_jobs, const Shape& s, T scale, bool streaming) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t S = Vec::size();
-  const int64_t chunks = (s.positions + kChunk - 1) / kChunk;
+  const int64_t chunks = (s.positions + kChunk - 1) / kChunk, tile = tile_rows<T>(p.width_pad);
   const int64_t part = p.count * p.width_pad;  // one head's k or v partial
   // With whole-vector head slices q is read in place, and dq written in place unless it streams; otherwise through
   // padded tiles.
   const bool in_place = s.width == p.width_pad, dq_in_place = in_place && !streaming;
   parallel_jobs(s.batch * chunks, [&](const auto& next) {
-    std::vector<T> weights(kTile * p.keys_pad), dscores(kTile * p.keys_pad), dattention(kTile * p.width_pad);
-    std::vector<T> q_tile(in_place ? 0 : kTile * p.width_pad), dq_tile(dq_in_place ? 0 : kTile * p.width_pad);
+    std::vector<T> weights(tile * p.keys_pad), dscores(tile * p.keys_pad), dattention(tile * p.width_pad);
+    std::vector<T> q_tile(in_place ? 0 : tile * p.width_pad), dq_tile(dq_in_place ? 0 : tile * p.width_pad);
     for (int64_t job; (job = next()) >= 0;) {
       const int64_t b = job / chunks, chunk_end = std::min(s.positions, (job % chunks + 1) * kChunk);
       std::fill(dk_jobs + job * s.heads * part, dk_jobs + (job + 1) * s.heads * part, T(0));
       std::fill(dv_jobs + job * s.heads * part, dv_jobs + (job + 1) * s.heads * part, T(0));
-      for (int64_t first = (job % chunks) * kChunk; first < chunk_end; first += kTile) {
-        const int64_t rows = std::min(kTile, chunk_end - first);
+      for (int64_t first = (job % chunks) * kChunk; first < chunk_end; first += tile) {
+        const int64_t rows = std::min(tile, chunk_end - first);
         for (int64_t h = 0; h < s.heads; ++h) {
           const int64_t bh = b * s.heads + h;
           const int64_t base = (b * s.positions + first) * s.channels + h * s.width;
