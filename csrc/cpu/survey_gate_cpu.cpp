@@ -51,7 +51,7 @@ constexpr int64_t kChunk = 128;  // positions per job: the unit of work and of t
 // Positions per tile for head slices of width_pad values: as many as keep a tile's attention within 64 KB, from 32 to
 // a whole job (stage 1: 128, stage 2: 64, stages 3–4: 32). Larger tiles load and store the per-job k/v gradient
 // partials fewer times. AMD EPYC, 2 vCPUs, bench_pcm.py, three A/B rounds against 32 everywhere, forward+backward at
-// B = 2: stage 1 7.34–7.90 → 6.38–6.64 ms, stage 2 3.06–3.29 → 2.84–3.08 ms. 16 positions were 15% slower than 32.
+// B = 2: stage 1 7.34–7.90 → 6.38–6.64 ms, stage 2 3.06–3.29 → 2.84–3.08 ms. 16 positions were 13–21% slower than 32.
 template <typename T>
 int64_t tile_rows(int64_t width_pad) {
   return std::clamp<int64_t>((int64_t(64) << 10) / (width_pad * int64_t(sizeof(T))), 32, kChunk);
