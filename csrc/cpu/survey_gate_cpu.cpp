@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -165,14 +166,16 @@ void attend_tile(const T* q_tile, int64_t rows, int64_t b, int64_t h, const Pack
                p.width_pad, false);
 }
 
-// Whether a pass over ``tensors`` tensors of x's size writes ``out`` with streaming stores: when they take more than
-// half the cache (stream_writes), and every head's slice of a row is whole float vectors on their alignment.
+// Whether a pass over ``tensors`` tensors of x's size writes its outputs with streaming stores: when they take more
+// than half the cache (stream_writes), and every head's slice of a row of each output is whole float vectors on their
+// alignment.
 template <typename T>
-bool streaming_rows(const at::Tensor& out, const Shape& s, int64_t tensors) {
+bool streaming_rows(const Shape& s, int64_t tensors, std::initializer_list<const at::Tensor*> outputs) {
   constexpr int64_t S = at::vec::Vectorized<T>::size();
-  return std::is_same_v<T, float> && s.width % S == 0 &&
-         reinterpret_cast<uintptr_t>(out.const_data_ptr()) % (S * sizeof(T)) == 0 &&
-         stream_writes(tensors * out.numel() * int64_t(sizeof(T)));
+  bool aligned = std::is_same_v<T, float> && s.width % S == 0;
+  for (const at::Tensor* out : outputs)
+    aligned = aligned && reinterpret_cast<uintptr_t>(out->const_data_ptr()) % (S * sizeof(T)) == 0;
+  return aligned && stream_writes(tensors * s.batch * s.positions * s.channels * int64_t(sizeof(T)));
 }
 
 // Stores the first n values of v at p, with a streaming store when ``streaming`` (then n is a whole vector and p on its
@@ -315,7 +318,7 @@ at::Tensor survey_gate_forward_cpu(const at::Tensor& x, const at::Tensor& q, con
     const Packed<scalar_t> p = pack<scalar_t>(kc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(),
                                               mc.const_data_ptr<bool>(), s, scale, xc.options());
     forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), p,
-                             y.data_ptr<scalar_t>(), s, streaming_rows<scalar_t>(y, s, 3));  // x, q, y
+                             y.data_ptr<scalar_t>(), s, streaming_rows<scalar_t>(s, 3, {&y}));  // x, q, y
   });
   return y;
 }
@@ -340,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
     at::Tensor dv_jobs = at::empty({s.batch, jobs, s.heads, p.count, p.width_pad}, xc.options());
     backward_kernel<T>(gc.const_data_ptr<T>(), xc.const_data_ptr<T>(), qc.const_data_ptr<T>(), p,
                        dx.data_ptr<T>(), dq.data_ptr<T>(), dk_jobs.data_ptr<T>(), dv_jobs.data_ptr<T>(), s, scale,
-                       streaming_rows<T>(dx, s, 5) && streaming_rows<T>(dq, s, 5));  // grad, x, q, dx, dq
+                       streaming_rows<T>(s, 5, {&dx, &dq}));  // grad, x, q, dx, dq
     dk = reduce_jobs<T>(dk_jobs.const_data_ptr<T>(), jobs, s, p, xc.options());
     dv = reduce_jobs<T>(dv_jobs.const_data_ptr<T>(), jobs, s, p, xc.options());
   });
