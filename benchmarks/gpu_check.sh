@@ -97,6 +97,7 @@ for step in $STEPS; do
       timeout 120 python3 benchmarks/bench_mask_to_box.py 2>&1 | tee -a "$OUT/summary.txt" ;;
   esac
   log "step $step: $(( $(date +%s) - start )) s"
+  # After every step, so that a run stopped at its time limit still brings back the rows it wrote.
+  tar -cf "$OUT/results.tar" benchmarks/results/*.csv 2>/dev/null
 done
-tar -cf "$OUT/results.tar" benchmarks/results/*.csv 2>/dev/null
 log "done $(date -u)"
