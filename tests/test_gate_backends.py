@@ -446,14 +446,44 @@ def test_model_with_fused_ops_matches_reference_model(monkeypatch):
 @pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("op", ["survey", "locate", "verify"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape", [*SHAPES, (2, 900, 512, 20, 4)])
 def test_gpu_backend_matches_reference(backend, op, dtype, shape):
     args, grad_indices = make(op, shape, torch.float64, "cuda", seed=sum(shape))
     cast = [a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
     out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")  # float64 on the GPU
     out, grads, _ = run(op, cast, grad_indices, backend, upstream.to(dtype))
-    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    tolerance = {torch.float64: 1e-10, torch.float32: 1e-5}.get(dtype, 2e-2)
     assert relative(out, out_ref) <= tolerance
     for got, want in zip(grads, grads_ref):
         assert relative(got, want) <= tolerance * 10
+
+
+def off_alignment(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` one element past a 16-byte boundary (the kernels use it in place)."""
+    storage = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    shifted = storage[1:].view(t.shape).copy_(t)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
+    return shifted
+
+
+@pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_gpu_backend_on_inputs_off_the_vector_alignment(backend, op):
+    """x and the upstream gradient off the 16-byte alignment that packed loads need, at a width (C = 64)
+    that would take them: the kernels must fall back to element loads, not read across rows."""
+    args, grad_indices = make(op, (2, 33, 64, 5, 2), torch.float32, "cuda", seed=5)
+    out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")
+    inputs = [
+        a.detach().clone().requires_grad_(i in grad_indices)
+        if torch.is_tensor(a) and a.is_floating_point()
+        else a
+        for i, a in enumerate(args)
+    ]
+    inputs[0] = off_alignment(args[0]).requires_grad_()
+    out = FUSED[op](*inputs, backend=backend)
+    grads = torch.autograd.grad(out, [inputs[i] for i in grad_indices], off_alignment(upstream))
+    assert relative(out, out_ref) <= 1e-5
+    for got, want in zip(grads, grads_ref):
+        assert relative(got, want) <= 1e-4

@@ -1,5 +1,6 @@
 // Grid-stride elementwise pieces shared by the RepVGG kernels (rep_bn_add_silu, conv3x3_bias_silu):
-// 16-byte packs, the channel of consecutive memory indices in either layout, and launch sizing.
+// the channel of consecutive memory indices in either layout, and launch sizing (the 16-byte packs are
+// in gate_common.cuh).
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -11,17 +12,6 @@
 
 namespace provg {
 namespace cuda {
-
-constexpr int kVectorBytes = 16;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-inline bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
 
 // Multiprocessors of the current device (sizes the grids).
 inline int64_t multiprocessors() {

@@ -1,6 +1,6 @@
 // Shared pieces of the CUDA gate kernels: warp reductions, the masked softmax over at most MAX_N keys
-// held in registers, and a column reduction over blocks of positions (per-block partials: no atomics,
-// deterministic).
+// held in registers, 16-byte packs, and a column reduction over blocks of positions (per-block partials:
+// no atomics, deterministic).
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -13,13 +13,37 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 namespace provg {
 namespace cuda {
 
 constexpr int kWarp = 32;
 constexpr int kThreads = 256;
-constexpr int64_t kChunk = 256;  // positions per column-reduction block
+constexpr int kRowsPerThread = 8;  // positions each thread of a column reduction sums (at least)
+constexpr int kVectorBytes = 16;
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
+
+// Elements per load for rows of C elements of scalar_t in the given (contiguous, possibly null) tensors:
+// a 16-byte pack where every row starts on one (C a multiple of the pack, every base address aligned;
+// a view with an offset may not be), else 1.
+template <typename scalar_t>
+inline int vector_width(int64_t C, std::initializer_list<const at::Tensor*> tensors) {
+  constexpr int pack = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+  if (C % pack != 0) return 1;
+  for (const at::Tensor* t : tensors)
+    if (t != nullptr && !aligned(t->const_data_ptr())) return 1;
+  return pack;
+}
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T value) {
@@ -93,45 +117,69 @@ __device__ __forceinline__ acc_t scalar_query_gate_backward(acc_t query, acc_t d
 }
 
 // out[b, chunk, c] = Σ_{p in chunk} weight[b, p] · a[b, p, c] · factor[b, p, c] (weight, factor optional) and,
-// when plain_out is given, plain_out[b, chunk, c] = Σ_{p in chunk} a[b, p, c] from the same read. A block is
-// blockDim.x channels by blockDim.y rows of positions (rows interleaved), summed through shared memory in a
-// fixed order: at C = 128, one row of 256 threads left half of them idle.
-template <typename scalar_t, typename acc_t>
+// when plain_out is given, plain_out[b, chunk, c] = Σ_{p in chunk} a[b, p, c] from the same read. A thread
+// owns VEC adjacent channels (16-byte loads where the rows allow them, `vector_width`); a block is
+// blockDim.x such packs by blockDim.y rows of positions (rows interleaved, several loads in flight per
+// thread), summed through shared memory in a fixed order. A block sums at least kRowsPerThread rows per
+// thread, so that the small stages spread over the multiprocessors: with 256 positions per block and one
+// 4-byte load at a time, stage 4 (P = 225, C = 1024, B = 8) ran as 32 blocks of 225 rows each.
+template <typename scalar_t, typename acc_t, int VEC>
 __global__ void column_sums_kernel(const scalar_t* __restrict__ a,       // (B, P, C)
                                    const scalar_t* __restrict__ factor,  // (B, P, C) or null
                                    const acc_t* __restrict__ weight,     // (B, P) or null
                                    acc_t* __restrict__ out,              // (B, chunks, C)
                                    acc_t* __restrict__ plain_out,        // (B, chunks, C) or null
-                                   int64_t P, int64_t C, int64_t chunks) {
-  __shared__ acc_t shared[2][kThreads];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
+                                   int64_t P, int64_t C, int64_t chunk, int64_t chunks) {
+  using Vector = Pack<scalar_t, VEC>;
+  __shared__ acc_t shared[2][kThreads * VEC];
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   const int64_t b = blockIdx.z;
-  const int64_t first = chunk * kChunk;
-  const int64_t last = min(P, first + kChunk);
-  acc_t acc = acc_t(0), plain = acc_t(0);
+  const int64_t first = blockIdx.y * chunk;
+  const int64_t last = min(P, first + chunk);
+  acc_t acc[VEC], plain[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) acc[j] = plain[j] = acc_t(0);
   if (c < C) {
+#pragma unroll 4
     for (int64_t p = first + threadIdx.y; p < last; p += blockDim.y) {
       const int64_t i = (b * P + p) * C + c;
-      const acc_t value = static_cast<acc_t>(a[i]);
-      plain += value;
-      acc_t term = value;
-      if (factor) term *= static_cast<acc_t>(factor[i]);
-      if (weight) term *= weight[b * P + p];
-      acc += term;
+      const Vector values = *reinterpret_cast<const Vector*>(a + i);
+      Vector factors;
+      if (factor) factors = *reinterpret_cast<const Vector*>(factor + i);
+      const acc_t scale = weight ? weight[b * P + p] : acc_t(1);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const acc_t value = static_cast<acc_t>(values.v[j]);
+        plain[j] += value;
+        acc_t term = value;
+        if (factor) term *= static_cast<acc_t>(factors.v[j]);
+        if (weight) term *= scale;
+        acc[j] += term;
+      }
     }
   }
-  const int slot = threadIdx.y * blockDim.x + threadIdx.x;
-  shared[0][slot] = acc;
-  shared[1][slot] = plain;
+  const int slot = (threadIdx.y * blockDim.x + threadIdx.x) * VEC;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    shared[0][slot + j] = acc[j];
+    shared[1][slot + j] = plain[j];
+  }
   __syncthreads();
   if (threadIdx.y != 0 || c >= C) return;
   for (int row = 1; row < static_cast<int>(blockDim.y); ++row) {
-    acc += shared[0][row * blockDim.x + threadIdx.x];
-    plain += shared[1][row * blockDim.x + threadIdx.x];
+    const int other = (row * blockDim.x + threadIdx.x) * VEC;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      acc[j] += shared[0][other + j];
+      plain[j] += shared[1][other + j];
+    }
   }
-  out[(b * chunks + chunk) * C + c] = acc;
-  if (plain_out) plain_out[(b * chunks + chunk) * C + c] = plain;
+  const int64_t o = (b * chunks + blockIdx.y) * C + c;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    out[o + j] = acc[j];
+    if (plain_out) plain_out[o + j] = plain[j];
+  }
 }
 
 // (B, P, C) tensors a (and factor) → Σ over positions of a · factor · weight, (B, C) in the accumulation
@@ -139,7 +187,15 @@ __global__ void column_sums_kernel(const scalar_t* __restrict__ a,       // (B, 
 inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, const at::Tensor* weight,
                               at::Tensor* plain = nullptr) {
   const int64_t B = a.size(0), P = a.size(1), C = a.size(2);
-  const int64_t chunks = std::max<int64_t>(1, (P + kChunk - 1) / kChunk);
+  TORCH_CHECK(B <= 65535, "column_sums: at most 65535 batch items, got ", B);
+  // Packs of channels per load, a block's shape, and the positions a block sums (a chunk).
+  const int vec = AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "column_sums_width",
+                                                  [&] { return vector_width<scalar_t>(C, {&a, factor}); });
+  const int64_t packs = ceil_div(C, vec);
+  const int lanes = static_cast<int>(std::min<int64_t>(kThreads, ceil_div(packs, kWarp) * kWarp));
+  const dim3 block(lanes, kThreads / lanes);
+  const int64_t chunk = std::max<int64_t>(kRowsPerThread * block.y, ceil_div(P, 65535));
+  const int64_t chunks = std::max<int64_t>(1, ceil_div(P, chunk));
   const auto acc_type = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   // Every partial is written when the kernel runs; with nothing to sum they must be zeros.
   const auto allocate = [&](int64_t batch) {
@@ -148,17 +204,22 @@ inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, con
   };
   at::Tensor partial = allocate(B), plain_partial = allocate(plain ? B : 0);
   if (a.numel() > 0) {
-    const int lanes = static_cast<int>(std::min<int64_t>(kThreads, (C + kWarp - 1) / kWarp * kWarp));
-    const dim3 block(lanes, kThreads / lanes);
-    const dim3 grid(static_cast<unsigned>((C + lanes - 1) / lanes), static_cast<unsigned>(chunks),
-                    static_cast<unsigned>(B));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "column_sums", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      column_sums_kernel<scalar_t, acc_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          a.const_data_ptr<scalar_t>(), factor ? factor->const_data_ptr<scalar_t>() : nullptr,
-          weight ? weight->const_data_ptr<acc_t>() : nullptr, partial.data_ptr<acc_t>(),
-          plain ? plain_partial.data_ptr<acc_t>() : nullptr, P, C, chunks);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto launch = [&](auto width) {
+        constexpr int VEC = decltype(width)::value;
+        const dim3 grid(static_cast<unsigned>(ceil_div(packs, lanes)), static_cast<unsigned>(chunks),
+                        static_cast<unsigned>(B));
+        column_sums_kernel<scalar_t, acc_t, VEC><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            a.const_data_ptr<scalar_t>(), factor ? factor->const_data_ptr<scalar_t>() : nullptr,
+            weight ? weight->const_data_ptr<acc_t>() : nullptr, partial.data_ptr<acc_t>(),
+            plain ? plain_partial.data_ptr<acc_t>() : nullptr, P, C, chunk, chunks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (vec > 1)
+        launch(std::integral_constant<int, kVectorBytes / static_cast<int>(sizeof(scalar_t))>());
+      else
+        launch(std::integral_constant<int, 1>());
     });
   }
   if (plain) *plain = plain_partial.sum(1);

@@ -12,31 +12,71 @@ namespace {
 
 using namespace cuda;
 
-template <typename scalar_t, typename acc_t>
-__global__ void scale_kernel(const scalar_t* __restrict__ a,  // (B, P, C)
+// out[b, p, c] = a[b, p, c]·scale[b, c] (+ shift[b, c]). A block takes `rows` positions of one batch item;
+// its threads walk packs of VEC channels (blockDim.x of them at a time) by blockDim.y interleaved rows,
+// loading each pack's scale and shift once: no index division per element, 16-byte loads and stores, and
+// several in flight per thread. With this and the packed column sums, the forward went from 11–22% to
+// 18–47% of the copy rate on an H200 (B = 8, stages 4 to 1; a thread per element with two 64-bit
+// divisions before).
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void scale_kernel(const scalar_t* __restrict__ a,   // (B, P, C)
                              const acc_t* __restrict__ scale,  // (B, C)
                              const acc_t* __restrict__ shift,  // (B, C) or null
-                             scalar_t* __restrict__ out, int64_t P, int64_t C, int64_t total) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = i % C, b = i / (P * C);
-    acc_t value = static_cast<acc_t>(a[i]) * scale[b * C + c];
-    if (shift) value += shift[b * C + c];
-    out[i] = static_cast<scalar_t>(value);
+                             scalar_t* __restrict__ out, int64_t P, int64_t C, int64_t rows, int64_t blocks_per_item) {
+  using Vector = Pack<scalar_t, VEC>;
+  const int64_t b = blockIdx.x / blocks_per_item;
+  const int64_t first = (blockIdx.x - b * blocks_per_item) * rows;
+  const int64_t last = min(P, first + rows);
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * VEC; c < C; c += static_cast<int64_t>(blockDim.x) * VEC) {
+    acc_t s[VEC], h[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      s[j] = scale[b * C + c + j];
+      h[j] = shift ? shift[b * C + c + j] : acc_t(0);
+    }
+#pragma unroll 4
+    for (int64_t p = first + threadIdx.y; p < last; p += blockDim.y) {
+      const int64_t i = (b * P + p) * C + c;
+      const Vector in = *reinterpret_cast<const Vector*>(a + i);
+      Vector result;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        acc_t value = static_cast<acc_t>(in.v[j]) * s[j];
+        if (shift) value += h[j];
+        result.v[j] = static_cast<scalar_t>(value);
+      }
+      *reinterpret_cast<Vector*>(out + i) = result;
+    }
   }
 }
 
 at::Tensor scale_rows(const at::Tensor& a, const at::Tensor& scale, const at::Tensor* shift) {
   at::Tensor out = at::empty_like(a);
-  const int64_t total = a.numel();
-  if (total == 0) return out;
-  const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8));
+  if (a.numel() == 0) return out;
+  const int64_t B = a.size(0), P = a.size(1), C = a.size(2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "verify_scale", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    scale_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        a.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift ? shift->const_data_ptr<acc_t>() : nullptr,
-        out.data_ptr<scalar_t>(), a.size(1), a.size(2), total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const bool packed = vector_width<scalar_t>(C, {&a, &out}) > 1;
+    const auto launch = [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      const int64_t packs = C / VEC;
+      const int lanes = static_cast<int>(std::min<int64_t>(kThreads, ceil_div(packs, kWarp) * kWarp));
+      const dim3 block(lanes, kThreads / lanes);
+      // About four rows per thread: enough loads in flight, and blocks for every multiprocessor at the
+      // small stages (P = 225 at C = 1024 still gives B·57 blocks).
+      const int64_t rows = 4 * block.y;
+      const int64_t blocks_per_item = ceil_div(P, rows);
+      TORCH_CHECK(B * blocks_per_item < (int64_t{1} << 31), "verify_gate_cuda: too many positions for one launch");
+      scale_kernel<scalar_t, acc_t, VEC><<<static_cast<unsigned>(B * blocks_per_item), block, 0,
+                                           c10::cuda::getCurrentCUDAStream()>>>(
+          a.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
+          shift ? shift->const_data_ptr<acc_t>() : nullptr, out.data_ptr<scalar_t>(), P, C, rows, blocks_per_item);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (packed)
+      launch(std::integral_constant<int, kVectorBytes / static_cast<int>(sizeof(scalar_t))>());
+    else
+      launch(std::integral_constant<int, 1>());
   });
   return out;
 }
