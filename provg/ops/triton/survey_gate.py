@@ -13,7 +13,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import acc_dtype, masked_softmax_rows, matmul, multiprocessors, next_power_of_2, use_dot
+from .common import (
+    acc_dtype,
+    float64_factor,
+    masked_softmax_rows,
+    matmul,
+    multiprocessors,
+    next_power_of_2,
+    use_dot,
+)
 
 __all__ = ["backward", "forward"]
 
@@ -78,6 +86,7 @@ def _forward_kernel(
     b = bh // H
     h = bh % H
     offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    scale = float64_factor(scale, D, ACC, True)
     weights = _attention(
         q_ptr, k_ptr, mask_ptr, b, h, offs_p, P, C, N, D, scale, ACC, BLOCK_P, BLOCK_N, BLOCK_D, USE_DOT
     )
@@ -128,6 +137,7 @@ def _backward_kernel(
     b = bh // H
     h = bh % H
     offs_p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+    scale = float64_factor(scale, D, ACC, True)
     weights = _attention(
         q_ptr, k_ptr, mask_ptr, b, h, offs_p, P, C, N, D, scale, ACC, BLOCK_P, BLOCK_N, BLOCK_D, USE_DOT
     )

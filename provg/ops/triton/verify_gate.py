@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import acc_dtype, masked_softmax_rows, next_power_of_2
+from .common import acc_dtype, float64_factor, masked_softmax_rows, next_power_of_2
 
 __all__ = ["backward", "forward"]
 
@@ -102,6 +102,7 @@ def _forward_kernel(
     b = tl.program_id(0).to(tl.int64)
     offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inv_positions = float64_factor(inv_positions, P, ACC, False)
     _, _, _, gate, _, _ = _channel_attention(
         sums_ptr, k_ptr, v_ptr, mask_ptr, w_q_ptr, b, offs_c, C, N, 1, inv_positions, ACC, BLOCK_N
     )
@@ -123,6 +124,7 @@ def _attention_backward_kernel(
     dk_ptr,  # (B, N) out, accumulation dtype
     dv_ptr,  # (B, N) out
     dw_q_ptr,  # (B,) out: this item's share of dw_q
+    P,
     C,
     N,
     inv_positions,
@@ -133,6 +135,7 @@ def _attention_backward_kernel(
     b = tl.program_id(0).to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
     w_q = tl.load(w_q_ptr).to(ACC)
+    inv_positions = float64_factor(inv_positions, P, ACC, False)
     dk = tl.zeros((BLOCK_N,), dtype=ACC)
     dv = tl.zeros((BLOCK_N,), dtype=ACC)
     dw_q = tl.zeros((BLOCK_C,), dtype=ACC)
@@ -284,6 +287,7 @@ def backward(grad: Tensor, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_
         dk,
         dv,
         dw_q,
+        positions,
         channels,
         k.shape[1],
         1.0 / positions,
