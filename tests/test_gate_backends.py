@@ -467,13 +467,20 @@ def off_alignment(t: torch.Tensor) -> torch.Tensor:
     return shifted
 
 
-@pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize(
+    "device, backend, streaming",
+    [("cpu", b, False) for b in CPU_BACKENDS]
+    + [("cpu", "cpp", True)]
+    + [("cuda", b, False) for b in GPU_BACKENDS],
+)
 @pytest.mark.parametrize("op", ["survey", "locate", "verify"])
-def test_gpu_backend_on_inputs_off_the_vector_alignment(backend, op):
-    """x and the upstream gradient off the 16-byte alignment that packed loads need, at a width (C = 64)
-    that would take them: the kernels must fall back to element loads, not read across rows."""
-    args, grad_indices = make(op, (2, 33, 64, 5, 2), torch.float32, "cuda", seed=5)
+def test_backend_on_inputs_off_the_vector_alignment(monkeypatch, device, backend, streaming, op):
+    """x and the upstream gradient off the 16-byte alignment that packed loads (CUDA) and streaming stores
+    (cpp, forced by PROVG_CPU_CACHE_BYTES=1) need, at a width (C = 64) that would take them: the kernels
+    must fall back, not read across rows or misplace their writes."""
+    if streaming:
+        monkeypatch.setenv("PROVG_CPU_CACHE_BYTES", "1")
+    args, grad_indices = make(op, (2, 33, 64, 5, 2), torch.float32, device, seed=5)
     out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")
     inputs = [
         a.detach().clone().requires_grad_(i in grad_indices)
