@@ -49,8 +49,8 @@ def _forward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.arange(0, BLOCK_C)
     tile = (offs_p < P)[:, None] & (offs_c < C)[None, :]
     ptrs = (b * P + offs_p)[:, None] * C + offs_c[None, :]
@@ -84,8 +84,8 @@ def _backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    block = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    block = tl.program_id(0).to(tl.int64)
     offs_p = block * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.arange(0, BLOCK_C)
     offs_n = tl.arange(0, BLOCK_N)
@@ -129,7 +129,7 @@ def forward(x: Tensor, w: Tensor, b: Tensor, k: Tensor, v: Tensor, key_mask: Ten
     if x.numel() == 0:
         return y
     config = _config(x, k.shape[1])
-    grid = (batch, triton.cdiv(positions, config["BLOCK_P"]))
+    grid = (triton.cdiv(positions, config["BLOCK_P"]), batch)
     _forward_kernel[grid](x, w, b, k, v, key_mask, y, positions, channels, k.shape[1], **config)
     return y
 
@@ -150,7 +150,7 @@ def backward(grad: Tensor, x: Tensor, w: Tensor, b: Tensor, k: Tensor, v: Tensor
     dw_part = new(batch, blocks, channels, dtype=acc, device=x.device)
     db_part = new(batch, blocks, dtype=acc, device=x.device)
     if x.numel() > 0:
-        _backward_kernel[(batch, blocks)](
+        _backward_kernel[(blocks, batch)](
             grad,
             x,
             w,

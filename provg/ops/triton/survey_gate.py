@@ -82,10 +82,10 @@ def _forward_kernel(
     BLOCK_D: tl.constexpr,
     USE_DOT: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     scale = float64_factor(scale, D, ACC, True)
     weights = _attention(
         q_ptr, k_ptr, mask_ptr, b, h, offs_p, P, C, N, D, scale, ACC, BLOCK_P, BLOCK_N, BLOCK_D, USE_DOT
@@ -132,8 +132,8 @@ def _backward_kernel(
     BLOCK_D: tl.constexpr,
     USE_DOT: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)
-    block = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    block = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
     offs_p = block * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -213,7 +213,7 @@ def forward(x: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads:
     if x.numel() == 0:
         return y
     config = _config(x, keys, width)
-    grid = (batch * heads, triton.cdiv(positions, config["BLOCK_P"]))
+    grid = (triton.cdiv(positions, config["BLOCK_P"]), batch * heads)
     _forward_kernel[grid](
         x, q, k, v, key_mask, y, positions, channels, keys, heads, width, width**-0.5, **config
     )
@@ -234,7 +234,7 @@ def backward(grad: Tensor, x: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask:
     dk_part = new(batch, blocks, keys, channels, dtype=part_dtype, device=x.device)
     dv_part = new(batch, blocks, keys, channels, dtype=part_dtype, device=x.device)
     if x.numel() > 0:
-        grid = (batch * heads, blocks)
+        grid = (blocks, batch * heads)
         _backward_kernel[grid](
             grad,
             x,

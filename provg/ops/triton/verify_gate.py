@@ -36,8 +36,8 @@ def _column_sums_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    block = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    block = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_p = block * BLOCK_P + tl.arange(0, BLOCK_P)
     tile = (offs_p < P)[:, None] & (offs_c < C)[None, :]
@@ -99,8 +99,8 @@ def _forward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     inv_positions = float64_factor(inv_positions, P, ACC, False)
     _, _, _, gate, _, _ = _channel_attention(
@@ -173,8 +173,8 @@ def _scale_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
     tile = (offs_p < P)[:, None] & c_ok[None, :]
@@ -198,7 +198,7 @@ def _column_sums(a: Tensor, b: Tensor | None) -> Tensor:
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
     sums = 1 if b is None else 2
     partial = torch.empty(batch, blocks, sums, channels, dtype=acc, device=a.device)
-    grid = (batch, blocks, triton.cdiv(channels, block_c))
+    grid = (blocks, batch, triton.cdiv(channels, block_c))
     _column_sums_kernel[grid](
         a,
         b if b is not None else a,
@@ -220,7 +220,7 @@ def _scale(a: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     batch, positions, channels = a.shape
     block_p, block_c = _blocks(a)
     out = torch.empty_like(a)
-    grid = (batch, triton.cdiv(positions, block_p), triton.cdiv(channels, block_c))
+    grid = (triton.cdiv(positions, block_p), batch, triton.cdiv(channels, block_c))
     _scale_kernel[grid](
         a,
         scale,
@@ -243,7 +243,7 @@ def forward(x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w_q: Tensor) -> T
         return y
     sums = _column_sums(x, None)
     block_p, block_c = _blocks(x)
-    grid = (batch, triton.cdiv(positions, block_p), triton.cdiv(channels, block_c))
+    grid = (triton.cdiv(positions, block_p), batch, triton.cdiv(channels, block_c))
     _forward_kernel[grid](
         x,
         sums,
