@@ -65,7 +65,7 @@ for step in $STEPS; do
     tests)
       log "GPU tests (pytest-xdist, 8 workers)"
       timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 150 \
-        ${TEST_FILES:-tests/test_cuda.py tests/test_mask_to_box.py tests/test_gate_backends.py \
+        ${TEST_FILES:-tests/test_cuda.py tests/test_mask_to_box.py tests/test_gate_backends.py tests/test_gate_large_tensors.py \
         tests/test_rep_bn_add_silu.py tests/test_conv3x3_bias_silu.py} -k "gpu or cuda" 2>&1 | tee "$OUT/pytest.log" | tail -25 \
         | tee -a "$OUT/summary.txt" ;;
     pcm | pcm-graph)
