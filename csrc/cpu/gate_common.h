@@ -209,15 +209,23 @@ inline void stream_fence() {
 #endif
 }
 
-// out[c] for c < n through streaming stores: the row's 64-byte-aligned middle in whole vectors (vector(c): the
-// values at c .. c + S − 1), its ends one value at a time (scalar(c)).
-template <typename Vector, typename Scalar>
-inline void stream_row(float* out, int64_t n, const Vector& vector, const Scalar& scalar) {
-  constexpr int64_t S = at::vec::Vectorized<float>::size();
-  int64_t c = 0;
-  for (; c < n && reinterpret_cast<uintptr_t>(out + c) % (S * sizeof(float)) != 0; ++c) out[c] = scalar(c);
-  for (; c + S <= n; c += S) stream_store(vector(c), out + c);
-  for (; c < n; ++c) out[c] = scalar(c);
+// out[c] = scalar(c) for c < n. With ``streaming`` (float32, where the build has streaming stores) the row's
+// 64-byte-aligned middle goes through streaming stores in whole vectors (vector(c): the values at c .. c + S − 1)
+// and its ends one value at a time; otherwise plain stores.
+template <typename T, typename Vector, typename Scalar>
+inline void write_row(T* out, int64_t n, bool streaming, const Vector& vector, const Scalar& scalar) {
+  if constexpr (std::is_same_v<T, float> && kStreamingStores) {
+    if (streaming) {
+      constexpr int64_t S = at::vec::Vectorized<float>::size();
+      int64_t c = 0;
+      for (; c < n && reinterpret_cast<uintptr_t>(out + c) % (S * sizeof(float)) != 0; ++c) out[c] = scalar(c);
+      for (; c + S <= n; c += S) stream_store(vector(c), out + c);
+      for (; c < n; ++c) out[c] = scalar(c);
+      return;
+    }
+  }
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) out[c] = scalar(c);
 }
 
 template <typename T>

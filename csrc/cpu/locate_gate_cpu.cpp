@@ -43,6 +43,7 @@ Shape check_locate(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
 template <typename T>
 void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, const bool* mask, T* y, const Shape& s,
                     bool streaming) {
+  using Vec = at::vec::Vectorized<T>;
   const Blocks blocks(s.positions, kBlock);
   at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     T query[kBlock], gate[kBlock];
@@ -58,17 +59,9 @@ void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, cons
         const T* x_row = x_block + p * s.channels;
         T* y_row = y_block + p * s.channels;
         const T g = gate[p];
-        if constexpr (std::is_same_v<T, float> && kStreamingStores) {
-          if (streaming) {
-            using V = at::vec::Vectorized<float>;
-            stream_row(
-                y_row, s.channels, [&](int64_t c) { return V::loadu(x_row + c) * V(g); },
-                [&](int64_t c) { return x_row[c] * g; });
-            continue;
-          }
-        }
-#pragma omp simd
-        for (int64_t c = 0; c < s.channels; ++c) y_row[c] = x_row[c] * g;
+        write_row(
+            y_row, s.channels, streaming, [&](int64_t c) { return Vec::loadu(x_row + c) * Vec(g); },
+            [&](int64_t c) { return x_row[c] * g; });
       }
     }
     if (streaming) stream_fence();
@@ -78,6 +71,7 @@ void forward_kernel(const T* x, const T* w, T bias, const T* k, const T* v, cons
 template <typename T>
 void backward_kernel(const T* grad, const T* x, const T* w, T bias, const T* k, const T* v, const bool* mask,
                      T* dx, T* dk_blocks, T* dv_blocks, T* dw_blocks, T* db_blocks, const Shape& s, bool streaming) {
+  using Vec = at::vec::Vectorized<T>;
   constexpr int64_t S = vector_size<T>();
   const Blocks blocks(s.positions, kBlock);
   at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
@@ -113,20 +107,10 @@ void backward_kernel(const T* grad, const T* x, const T* w, T bias, const T* k, 
         const T* g_row = grad + offset + p * s.channels;
         T* dx_row = dx + offset + p * s.channels;
         const T g = gate[p], dq = dquery[p];
-        bool streamed = false;
-        if constexpr (std::is_same_v<T, float> && kStreamingStores) {
-          if (streaming) {
-            using V = at::vec::Vectorized<float>;
-            stream_row(
-                dx_row, s.channels, [&](int64_t c) { return V::loadu(g_row + c) * V(g) + V(dq) * V::loadu(w + c); },
-                [&](int64_t c) { return g_row[c] * g + dq * w[c]; });
-            streamed = true;
-          }
-        }
-        if (!streamed) {
-#pragma omp simd
-          for (int64_t c = 0; c < s.channels; ++c) dx_row[c] = g_row[c] * g + dq * w[c];
-        }
+        write_row(
+            dx_row, s.channels, streaming,
+            [&](int64_t c) { return Vec::loadu(g_row + c) * Vec(g) + Vec(dq) * Vec::loadu(w + c); },
+            [&](int64_t c) { return g_row[c] * g + dq * w[c]; });
         axpy(dq, x_row, dw, s.channels);
         db += dq;
       }

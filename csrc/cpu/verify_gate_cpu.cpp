@@ -74,21 +74,10 @@ std::pair<at::Tensor, at::Tensor> column_sums(const T* x, const T* grad, const S
   return {reduce_blocks(sums), grad ? reduce_blocks(products) : products};
 }
 
-// out[n] = a[n]·scale[n] + shift[n] (shift optional) over one row, through non-temporal stores.
-inline void scale_row_streaming(const float* a, const float* scale, const float* shift, float* out, int64_t n) {
-  using Vec = at::vec::Vectorized<float>;
-  stream_row(
-      out, n,
-      [&](int64_t c) {
-        const Vec v = Vec::loadu(a + c) * Vec::loadu(scale + c);
-        return shift ? v + Vec::loadu(shift + c) : v;
-      },
-      [&](int64_t c) { return a[c] * scale[c] + (shift ? shift[c] : 0.f); });
-}
-
 // out[b, p, c] = a[b, p, c] · scale[b, c] + shift[b, c] (shift optional).
 template <typename T>
 void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape& s, bool streaming) {
+  using Vec = at::vec::Vectorized<T>;
   const Blocks blocks(s.positions, kBlock);
   at::parallel_for(0, s.batch * blocks.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
@@ -96,20 +85,17 @@ void scale_rows(const T* a, const T* scale, const T* shift, T* out, const Shape&
       const T* sc = scale + b * s.channels;
       const T* sh = shift ? shift + b * s.channels : nullptr;
       for (int64_t p = first; p < last; ++p) {
-        const int64_t row = (b * s.positions + p) * s.channels;
-        if constexpr (std::is_same_v<T, float> && kStreamingStores) {
-          if (streaming) {
-            scale_row_streaming(a + row, sc, sh, out + row, s.channels);
-            continue;
-          }
-        }
-        if (sh) {
-#pragma omp simd
-          for (int64_t c = 0; c < s.channels; ++c) out[row + c] = a[row + c] * sc[c] + sh[c];
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < s.channels; ++c) out[row + c] = a[row + c] * sc[c];
-        }
+        const T* in = a + (b * s.positions + p) * s.channels;
+        T* row = out + (b * s.positions + p) * s.channels;
+        if (sh)
+          write_row(
+              row, s.channels, streaming,
+              [&](int64_t c) { return Vec::loadu(in + c) * Vec::loadu(sc + c) + Vec::loadu(sh + c); },
+              [&](int64_t c) { return in[c] * sc[c] + sh[c]; });
+        else
+          write_row(
+              row, s.channels, streaming, [&](int64_t c) { return Vec::loadu(in + c) * Vec::loadu(sc + c); },
+              [&](int64_t c) { return in[c] * sc[c]; });
       }
     }
     if (streaming) stream_fence();
