@@ -18,6 +18,7 @@ import tempfile
 
 import pytest
 import torch
+from test_gate_backends import relative
 
 from provg.ops import available_backends, locate_gate, survey_gate, verify_gate
 from provg.ops.locate_gate import locate_gate_reference
@@ -29,11 +30,6 @@ CPU_BACKENDS = [b for b in ("cpp", "triton") if AVAILABLE[b]]  # Triton: in its 
 GPU_BACKENDS = [b for b in ("triton", "cuda") if AVAILABLE[b] and torch.cuda.is_available()]
 BIG = (2, 2**23 + 128, 128, 7, 2)  # (B, P, C, N, heads): B·P·C = 2³¹ + 2¹⁵
 ROWS = 64
-
-
-def relative(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1.0))
 
 
 def all_zero(t: torch.Tensor) -> bool:

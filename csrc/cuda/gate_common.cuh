@@ -33,16 +33,22 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
 
-// Elements per load for rows of C elements of scalar_t in the given (contiguous, possibly null) tensors:
-// a 16-byte pack where every row starts on one (C a multiple of the pack, every base address aligned;
-// a view with an offset may not be), else 1.
-template <typename scalar_t>
-inline int vector_width(int64_t C, std::initializer_list<const at::Tensor*> tensors) {
-  constexpr int pack = kVectorBytes / static_cast<int>(sizeof(scalar_t));
-  if (C % pack != 0) return 1;
+// Whether rows of C elements in the given contiguous tensors (the first one not null, all of one dtype) can
+// be read and written in 16-byte packs: C a multiple of the pack, and every base address aligned (a view with an
+// offset may not be).
+inline bool packed_rows(int64_t C, std::initializer_list<const at::Tensor*> tensors) {
+  const at::Tensor& first = **tensors.begin();
+  if (C % (kVectorBytes / first.element_size()) != 0) return false;
   for (const at::Tensor* t : tensors)
-    if (t != nullptr && !aligned(t->const_data_ptr())) return 1;
-  return pack;
+    if (t != nullptr && !aligned(t->const_data_ptr())) return false;
+  return true;
+}
+
+// Calls f(std::integral_constant<int, VEC>{}): VEC elements of scalar_t per 16-byte pack when ``packed``, else 1.
+template <typename scalar_t, typename F>
+inline void with_vector_width(bool packed, const F& f) {
+  if (packed) return f(std::integral_constant<int, kVectorBytes / static_cast<int>(sizeof(scalar_t))>());
+  f(std::integral_constant<int, 1>());
 }
 
 template <typename T>
@@ -118,7 +124,7 @@ __device__ __forceinline__ acc_t scalar_query_gate_backward(acc_t query, acc_t d
 
 // out[b, chunk, c] = Σ_{p in chunk} weight[b, p] · a[b, p, c] · factor[b, p, c] (weight, factor optional) and,
 // when plain_out is given, plain_out[b, chunk, c] = Σ_{p in chunk} a[b, p, c] from the same read. A thread
-// owns VEC adjacent channels (16-byte loads where the rows allow them, `vector_width`); a block is
+// owns VEC adjacent channels (16-byte loads where the rows allow them, `packed_rows`); a block is
 // blockDim.x such packs by blockDim.y rows of positions (rows interleaved, several loads in flight per
 // thread), summed through shared memory in a fixed order. A block sums at least kRowsPerThread rows per
 // thread, so that the small stages spread over the multiprocessors: with 256 positions per block and one
@@ -189,9 +195,8 @@ inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, con
   const int64_t B = a.size(0), P = a.size(1), C = a.size(2);
   TORCH_CHECK(B <= 65535, "column_sums: at most 65535 batch items, got ", B);
   // Packs of channels per load, a block's shape, and the positions a block sums (a chunk).
-  const int vec = AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "column_sums_width",
-                                                  [&] { return vector_width<scalar_t>(C, {&a, factor}); });
-  const int64_t packs = ceil_div(C, vec);
+  const bool packed = packed_rows(C, {&a, factor});
+  const int64_t packs = packed ? C / (kVectorBytes / a.element_size()) : C;
   const int lanes = static_cast<int>(std::min<int64_t>(kThreads, ceil_div(packs, kWarp) * kWarp));
   const dim3 block(lanes, kThreads / lanes);
   const int64_t chunk = std::max<int64_t>(kRowsPerThread * block.y, ceil_div(P, 65535));
@@ -206,7 +211,7 @@ inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, con
   if (a.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "column_sums", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const auto launch = [&](auto width) {
+      with_vector_width<scalar_t>(packed, [&](auto width) {
         constexpr int VEC = decltype(width)::value;
         const dim3 grid(static_cast<unsigned>(ceil_div(packs, lanes)), static_cast<unsigned>(chunks),
                         static_cast<unsigned>(B));
@@ -215,11 +220,7 @@ inline at::Tensor column_sums(const at::Tensor& a, const at::Tensor* factor, con
             weight ? weight->const_data_ptr<acc_t>() : nullptr, partial.data_ptr<acc_t>(),
             plain ? plain_partial.data_ptr<acc_t>() : nullptr, P, C, chunk, chunks);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      if (vec > 1)
-        launch(std::integral_constant<int, kVectorBytes / static_cast<int>(sizeof(scalar_t))>());
-      else
-        launch(std::integral_constant<int, 1>());
+      });
     });
   }
   if (plain) *plain = plain_partial.sum(1);

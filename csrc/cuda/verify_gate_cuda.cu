@@ -56,8 +56,7 @@ at::Tensor scale_rows(const at::Tensor& a, const at::Tensor& scale, const at::Te
   const int64_t B = a.size(0), P = a.size(1), C = a.size(2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "verify_scale", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const bool packed = vector_width<scalar_t>(C, {&a, &out}) > 1;
-    const auto launch = [&](auto vec) {
+    with_vector_width<scalar_t>(packed_rows(C, {&a, &out}), [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
       const int64_t packs = C / VEC;
       const int lanes = static_cast<int>(std::min<int64_t>(kThreads, ceil_div(packs, kWarp) * kWarp));
@@ -72,11 +71,7 @@ at::Tensor scale_rows(const at::Tensor& a, const at::Tensor& scale, const at::Te
           a.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
           shift ? shift->const_data_ptr<acc_t>() : nullptr, out.data_ptr<scalar_t>(), P, C, rows, blocks_per_item);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (packed)
-      launch(std::integral_constant<int, kVectorBytes / static_cast<int>(sizeof(scalar_t))>());
-    else
-      launch(std::integral_constant<int, 1>());
+    });
   });
   return out;
 }
