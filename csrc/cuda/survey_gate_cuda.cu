@@ -10,7 +10,9 @@
 // key and position and ran instruction-bound, about 20× over their byte floor on an H200).
 // Forward: the warps' partial scores are added through shared memory; each thread takes the softmax of
 // its position, then gates its chunks. x and q are read once, y written once.
-// Backward: the same scores and softmax, then (1) per chunk dx = grad·g and da = grad·x·g(1−g) through
+// Backward: the same scores and softmax (the weights then kept in shared memory, not registers: 239 → 138
+// registers per thread at 17–32 keys, so 3 resident blocks per SM instead of 2 on an H100/H200, no spill at 64
+// keys; benchmarks/cuda_resources.py), then (1) per chunk dx = grad·g and da = grad·x·g(1−g) through
 // the tiles; the lane accumulates dW_n = Σ_c da_c·v_nc, and the warp, lane = channel, sums W·da over the
 // tile's positions into dv; (2) after the score gradients dS, per chunk dq = dS·k and, lane = channel,
 // dk = Σ_p dS·q. A block walks several tiles and keeps one dk and one dv partial row in global memory,
@@ -59,7 +61,8 @@ __device__ __forceinline__ acc_t* shared_memory() {
 }
 
 // Bytes of shared memory of a block: per warp a (MAX_N, 32) chunk of keys or values and `tiles` (32, 33)
-// tiles; per block `rows` (32, MAX_N + 4) arrays of per-position values (the backward's W and dS).
+// tiles; per block `rows` (32, MAX_N + 4) arrays of per-position values (the backward's W and dS, and W by
+// key, (MAX_N, 32), in the third).
 template <typename acc_t, int MAX_N>
 size_t shared_size(int warps, int tiles, int rows) {
   return sizeof(acc_t) * (static_cast<size_t>(warps) * (MAX_N * kChannels + tiles * kTile * kStride) +
@@ -117,6 +120,24 @@ __device__ __forceinline__ Quad<acc_t> combine(const acc_t (&s)[MAX_N], const ac
       out.y += s[n] * v.y;
       out.z += s[n] * v.z;
       out.w += s[n] * v.w;
+    }
+  return out;
+}
+
+// out[c] = Σ_n column[n·32]·chunk[n][c] for four channels c0..c0+3 of the chunk: combine with the lane's
+// weights read from a (MAX_N, 32) array in shared memory instead of registers.
+template <int MAX_N, typename acc_t>
+__device__ __forceinline__ Quad<acc_t> combine_column(const acc_t* column, const acc_t* chunk, int N, int c0) {
+  Quad<acc_t> out{acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+#pragma unroll
+  for (int n = 0; n < MAX_N; ++n)
+    if (n < N) {
+      const acc_t s = column[n * kWarp];
+      const Quad<acc_t> v = load_quad(chunk + n * kChannels + c0);
+      out.x += s * v.x;
+      out.y += s * v.y;
+      out.z += s * v.z;
+      out.w += s * v.w;
     }
   return out;
 }
@@ -258,6 +279,7 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
   constexpr int stride = by_position_stride<MAX_N>();
   acc_t* weights = shared + warps * (MAX_N * kChannels + 2 * kTile * kStride);  // (32, stride)
   acc_t* dscores = weights + kTile * stride;                                    // (32, stride)
+  acc_t* weights_t = dscores + kTile * stride;  // (MAX_N, 32): the weights by key, a lane's column per position
   const int64_t key_base = b * N * C + static_cast<int64_t>(h) * D;
   const int64_t partial_base = (b * partial_rows + partial) * N * C + static_cast<int64_t>(h) * D;
   const int64_t first = partial * tiles_per_block, last = min(tiles, first + tiles_per_block);
@@ -266,15 +288,25 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
     const int64_t p0 = t * kTile;
     const int rows = static_cast<int>(P - p0 < kTile ? P - p0 : kTile);
     const int64_t row_base = (b * P + p0) * C + static_cast<int64_t>(h) * D;
-    acc_t w[MAX_N], dw[MAX_N];
-    attention_weights<MAX_N>(w, q, k, mask + b * N, shared, tile_a, row_base, key_base, C, D, N, rows, scale,
-                             warp, warps, lane);
+    acc_t dw[MAX_N];
+    {
+      // Every warp holds the same weights; warp 0 stores them by position (for dv) and by key (read back
+      // below instead of kept in registers through both passes, which held 239 registers at 32 keys).
+      acc_t w[MAX_N];
+      attention_weights<MAX_N>(w, q, k, mask + b * N, shared, tile_a, row_base, key_base, C, D, N, rows, scale,
+                               warp, warps, lane);
 #pragma unroll
-    for (int n = 0; n < MAX_N; ++n) {
-      dw[n] = acc_t(0);
-      if (warp == 0) weights[lane * stride + n] = lane < rows ? w[n] : acc_t(0);  // 0 from N on
+      for (int n = 0; n < MAX_N; ++n) {
+        dw[n] = acc_t(0);
+        if (warp == 0) {
+          const acc_t value = lane < rows ? w[n] : acc_t(0);  // 0 from N on
+          weights[lane * stride + n] = value;
+          weights_t[n * kWarp + lane] = value;
+        }
+      }
     }
     __syncthreads();
+    const acc_t* my_weights = weights_t + lane;
     // (1) dx, da through the tiles; dW_n per position; dv = Σ_p W·da per channel.
     for (int c0 = warp * kChannels; c0 < D; c0 += warps * kChannels) {
       const int cols = min(kChannels, D - c0);
@@ -285,7 +317,7 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
       acc_t* upstream = tile_a + lane * kStride;  // becomes dx
       acc_t* input = tile_b + lane * kStride;     // becomes da
       for (int c = 0; c < kChannels; c += 4) {
-        const Quad<acc_t> a = combine<MAX_N>(w, chunk, N, c);
+        const Quad<acc_t> a = combine_column<MAX_N>(my_weights, chunk, N, c);
         const acc_t attention[4] = {a.x, a.y, a.z, a.w};
         acc_t da[4];
 #pragma unroll
@@ -312,10 +344,10 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
     sum_over_warps<MAX_N>(dw, shared, N, warp, warps, lane);
     acc_t dot = acc_t(0);
 #pragma unroll
-    for (int n = 0; n < MAX_N; ++n) dot += w[n] * dw[n];
+    for (int n = 0; n < MAX_N; ++n) dot += my_weights[n * kWarp] * dw[n];
 #pragma unroll
     for (int n = 0; n < MAX_N; ++n) {
-      dw[n] = w[n] * (dw[n] - dot) * scale;
+      dw[n] = my_weights[n * kWarp] * (dw[n] - dot) * scale;
       if (warp == 0) dscores[lane * stride + n] = lane < rows ? dw[n] : acc_t(0);
     }
     __syncthreads();
@@ -416,7 +448,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
     const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
     PROVG_DISPATCH_KEYS(N, [&] {
       const auto kernel = survey_backward_kernel<scalar_t, acc_t, MAX_N>;
-      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 2, 2);
+      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 2, 3);
       allow_shared(kernel, bytes);
       // As many blocks as fit on the device at once, each walking consecutive tiles of one (b, h): fewer
       // partial rows to write and add up than one block per tile.
