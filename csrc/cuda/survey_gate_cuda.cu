@@ -10,9 +10,9 @@
 // key and position and ran instruction-bound, about 20× over their byte floor on an H200).
 // Forward: the warps' partial scores are added through shared memory; each thread takes the softmax of
 // its position, then gates its chunks. x and q are read once, y written once.
-// Backward: the same scores and softmax (the weights then kept in shared memory, not registers: 239 → 138
-// registers per thread at 17–32 keys, so 3 resident blocks per SM instead of 2 on an H100/H200, no spill at 64
-// keys; benchmarks/cuda_resources.py), then (1) per chunk dx = grad·g and da = grad·x·g(1−g) through
+// Backward: the same scores and softmax (the weights then kept in shared memory, not registers: 239 → 145
+// registers per thread at 17–32 keys, so 3 resident blocks per SM instead of 2, and no spill at 64 keys;
+// benchmarks/cuda_resources.py), then (1) per chunk dx = grad·g and da = grad·x·g(1−g) through
 // the tiles; the lane accumulates dW_n = Σ_c da_c·v_nc, and the warp, lane = channel, sums W·da over the
 // tile's positions into dv; (2) after the score gradients dS, per chunk dq = dS·k and, lane = channel,
 // dk = Σ_p dS·q. A block walks several tiles and keeps one dk and one dv partial row in global memory,
@@ -61,8 +61,8 @@ __device__ __forceinline__ acc_t* shared_memory() {
 }
 
 // Bytes of shared memory of a block: per warp a (MAX_N, 32) chunk of keys or values and `tiles` (32, 33)
-// tiles; per block `rows` (32, MAX_N + 4) arrays of per-position values (the backward's W and dS, and W by
-// key, (MAX_N, 32), in the third).
+// tiles; per block `rows` (32, MAX_N + 4) arrays of per-position values (the backward's W and dS; the dS
+// array holds W by key, (MAX_N, 32), until dS is written).
 template <typename acc_t, int MAX_N>
 size_t shared_size(int warps, int tiles, int rows) {
   return sizeof(acc_t) * (static_cast<size_t>(warps) * (MAX_N * kChannels + tiles * kTile * kStride) +
@@ -279,7 +279,7 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
   constexpr int stride = by_position_stride<MAX_N>();
   acc_t* weights = shared + warps * (MAX_N * kChannels + 2 * kTile * kStride);  // (32, stride)
   acc_t* dscores = weights + kTile * stride;                                    // (32, stride)
-  acc_t* weights_t = dscores + kTile * stride;  // (MAX_N, 32): the weights by key, a lane's column per position
+  acc_t* weights_t = dscores;  // (MAX_N, 32): the weights by key, a lane's column per position, until dS
   const int64_t key_base = b * N * C + static_cast<int64_t>(h) * D;
   const int64_t partial_base = (b * partial_rows + partial) * N * C + static_cast<int64_t>(h) * D;
   const int64_t first = partial * tiles_per_block, last = min(tiles, first + tiles_per_block);
@@ -291,7 +291,7 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
     acc_t dw[MAX_N];
     {
       // Every warp holds the same weights; warp 0 stores them by position (for dv) and by key (read back
-      // below instead of kept in registers through both passes, which held 239 registers at 32 keys).
+      // below instead of kept in registers through the first pass, which held 239 registers at 32 keys).
       acc_t w[MAX_N];
       attention_weights<MAX_N>(w, q, k, mask + b * N, shared, tile_a, row_base, key_base, C, D, N, rows, scale,
                                warp, warps, lane);
@@ -346,9 +346,11 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
 #pragma unroll
     for (int n = 0; n < MAX_N; ++n) dot += my_weights[n * kWarp] * dw[n];
 #pragma unroll
-    for (int n = 0; n < MAX_N; ++n) {
-      dw[n] = my_weights[n * kWarp] * (dw[n] - dot) * scale;
-      if (warp == 0) dscores[lane * stride + n] = lane < rows ? dw[n] : acc_t(0);
+    for (int n = 0; n < MAX_N; ++n) dw[n] = my_weights[n * kWarp] * (dw[n] - dot) * scale;
+    __syncthreads();  // every warp has read the weights by key, whose buffer takes dS
+    if (warp == 0) {
+#pragma unroll
+      for (int n = 0; n < MAX_N; ++n) dscores[lane * stride + n] = lane < rows ? dw[n] : acc_t(0);
     }
     __syncthreads();
     // (2) dq = dS·k per position; dk = Σ_p dS·q per channel.
@@ -448,7 +450,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
     const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
     PROVG_DISPATCH_KEYS(N, [&] {
       const auto kernel = survey_backward_kernel<scalar_t, acc_t, MAX_N>;
-      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 2, 3);
+      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 2, 2);
       allow_shared(kernel, bytes);
       // As many blocks as fit on the device at once, each walking consecutive tiles of one (b, h): fewer
       // partial rows to write and add up than one block per tile.
