@@ -378,8 +378,21 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
 }
 
 // Warps per block: one per chunk of the head's channels, at most 4 (2 for double, whose buffers are twice
-// the size).
-int block_warps(int D, bool wide) { return std::max(1, std::min(wide ? 2 : 4, (D + kChannels - 1) / kChannels)); }
+// the size). A grid of fewer tiles (over all batch items and heads) than the device has SMs leaves SMs idle
+// while each block's few warps walk many chunks in turn (stage 4: 64 tiles on an H200's 132 SMs, 32 chunks
+// per tile); there float blocks take up to 8 warps, as far as the device's shared memory per block allows
+// (bytes(w): a block of w warps).
+template <typename Bytes>
+int block_warps(int D, bool wide, int64_t tiles, int device, const Bytes& bytes) {
+  const int chunks = (D + kChannels - 1) / kChannels;
+  const int warps = std::max(1, std::min(wide ? 2 : 4, chunks));
+  if (wide || chunks <= warps) return warps;
+  int processors = 0, shared_limit = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int wider = std::min(8, chunks);
+  return tiles < processors && bytes(wider) <= static_cast<size_t>(shared_limit) ? wider : warps;
+}
 
 // Lets `kernel` take `bytes` of dynamic shared memory (over 48 KiB needs the opt-in).
 template <typename Kernel>
@@ -411,13 +424,15 @@ at::Tensor survey_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& q_, 
   const int64_t B = x.size(0), P = x.size(1), C = x.size(2);
   const int N = static_cast<int>(k.size(1)), H = static_cast<int>(heads), D = static_cast<int>(C / heads);
   if (y.numel() == 0) return y;
-  const int warps = block_warps(D, x.scalar_type() == at::kDouble);
-  const dim3 grid(static_cast<unsigned>((P + kTile - 1) / kTile), static_cast<unsigned>(B * H));
+  const int64_t tiles = (P + kTile - 1) / kTile;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(B * H));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "survey_gate_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
     PROVG_DISPATCH_KEYS(N, [&] {
       const auto kernel = survey_forward_kernel<scalar_t, acc_t, MAX_N>;
+      const int warps = block_warps(D, x.scalar_type() == at::kDouble, tiles * B * H, x.get_device(),
+                                    [](int w) { return shared_size<acc_t, MAX_N>(w, 1, 0); });
       const size_t bytes = shared_size<acc_t, MAX_N>(warps, 1, 0);
       allow_shared(kernel, bytes);
       kernel<<<grid, warps * kWarp, bytes, c10::cuda::getCurrentCUDAStream()>>>(
@@ -442,7 +457,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
   at::Tensor dx = at::empty_like(x), dq = at::empty_like(q);
   if (x.numel() == 0) return {dx, dq, at::zeros_like(k), at::zeros_like(v)};
   const bool wide = x.scalar_type() == at::kDouble;
-  const int warps = block_warps(D, wide);
   const int64_t tiles = (P + kTile - 1) / kTile;
   at::Tensor dk_part, dv_part;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "survey_gate_backward_cuda", [&] {
@@ -450,6 +464,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
     const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
     PROVG_DISPATCH_KEYS(N, [&] {
       const auto kernel = survey_backward_kernel<scalar_t, acc_t, MAX_N>;
+      // With more tiles than SMs the blocks below walk several tiles each; with fewer, one each (per_item is
+      // then all of an item's tiles whatever the occupancy), so the warps' rule sees the final grid.
+      const int warps = block_warps(D, wide, tiles * B * H, x.get_device(),
+                                    [](int w) { return shared_size<acc_t, MAX_N>(w, 2, 2); });
       const size_t bytes = shared_size<acc_t, MAX_N>(warps, 2, 2);
       allow_shared(kernel, bytes);
       // As many blocks as fit on the device at once, each walking consecutive tiles of one (b, h): fewer
