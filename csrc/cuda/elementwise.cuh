@@ -1,6 +1,6 @@
 // Grid-stride elementwise pieces shared by the RepVGG kernels (rep_bn_add_silu, conv3x3_bias_silu):
-// the channel of consecutive memory indices in either layout, and launch sizing (the 16-byte packs are
-// in gate_common.cuh).
+// the channel of consecutive memory indices in either layout, and launch sizing (the 16-byte packs and
+// the device's multiprocessor count are in gate_common.cuh).
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -12,14 +12,6 @@
 
 namespace provg {
 namespace cuda {
-
-// Multiprocessors of the current device (sizes the grids).
-inline int64_t multiprocessors() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
 
 // Grid-stride launch size: enough blocks of kThreads for the items, at most 32 per multiprocessor.
 inline unsigned elementwise_blocks(int64_t items) {

@@ -1,6 +1,6 @@
 // Shared pieces of the CUDA gate kernels: warp reductions, the masked softmax over at most MAX_N keys
-// held in registers, 16-byte packs, and a column reduction over blocks of positions (per-block partials:
-// no atomics, deterministic).
+// held in registers, 16-byte packs, the current device's attributes, and a column reduction over blocks of
+// positions (per-block partials: no atomics, deterministic).
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -32,6 +32,17 @@ struct alignas(sizeof(T) * N) Pack {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
+
+// An attribute of the current device (the ops' CUDAGuard makes it the inputs' device).
+inline int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+// Multiprocessors of the current device (sizes the grids).
+inline int64_t multiprocessors() { return device_attribute(cudaDevAttrMultiProcessorCount); }
 
 // Whether rows of C elements in the given contiguous tensors (the first one not null, all of one dtype) can
 // be read and written in 16-byte packs: C a multiple of the pack, and every base address aligned (a view with an

@@ -383,15 +383,13 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
 // per tile); there float blocks take up to 8 warps, as far as the device's shared memory per block allows
 // (bytes(w): a block of w warps).
 template <typename Bytes>
-int block_warps(int D, bool wide, int64_t tiles, int device, const Bytes& bytes) {
+int block_warps(int D, bool wide, int64_t tiles, const Bytes& bytes) {
   const int chunks = (D + kChannels - 1) / kChannels;
   const int warps = std::max(1, std::min(wide ? 2 : 4, chunks));
   if (wide || chunks <= warps) return warps;
-  int processors = 0, shared_limit = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const int wider = std::min(8, chunks);
-  return tiles < processors && bytes(wider) <= static_cast<size_t>(shared_limit) ? wider : warps;
+  const auto shared_limit = static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  return tiles < multiprocessors() && bytes(wider) <= shared_limit ? wider : warps;
 }
 
 // Lets `kernel` take `bytes` of dynamic shared memory (over 48 KiB needs the opt-in).
@@ -431,9 +429,9 @@ at::Tensor survey_gate_forward_cuda(const at::Tensor& x_, const at::Tensor& q_, 
     const acc_t scale = acc_t(1) / std::sqrt(acc_t(D));
     PROVG_DISPATCH_KEYS(N, [&] {
       const auto kernel = survey_forward_kernel<scalar_t, acc_t, MAX_N>;
-      const int warps = block_warps(D, x.scalar_type() == at::kDouble, tiles * B * H, x.get_device(),
-                                    [](int w) { return shared_size<acc_t, MAX_N>(w, 1, 0); });
-      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 1, 0);
+      const auto bytes_of = [](int w) { return shared_size<acc_t, MAX_N>(w, 1, 0); };
+      const int warps = block_warps(D, x.scalar_type() == at::kDouble, tiles * B * H, bytes_of);
+      const size_t bytes = bytes_of(warps);
       allow_shared(kernel, bytes);
       kernel<<<grid, warps * kWarp, bytes, c10::cuda::getCurrentCUDAStream()>>>(
           x.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
@@ -466,16 +464,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> survey_gate_backward_
       const auto kernel = survey_backward_kernel<scalar_t, acc_t, MAX_N>;
       // With more tiles than SMs the blocks below walk several tiles each; with fewer, one each (per_item is
       // then all of an item's tiles whatever the occupancy), so the warps' rule sees the final grid.
-      const int warps = block_warps(D, wide, tiles * B * H, x.get_device(),
-                                    [](int w) { return shared_size<acc_t, MAX_N>(w, 2, 2); });
-      const size_t bytes = shared_size<acc_t, MAX_N>(warps, 2, 2);
+      const auto bytes_of = [](int w) { return shared_size<acc_t, MAX_N>(w, 2, 2); };
+      const int warps = block_warps(D, wide, tiles * B * H, bytes_of);
+      const size_t bytes = bytes_of(warps);
       allow_shared(kernel, bytes);
       // As many blocks as fit on the device at once, each walking consecutive tiles of one (b, h): fewer
       // partial rows to write and add up than one block per tile.
-      int resident = 0, processors = 0;
+      int resident = 0;
       C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, warps * kWarp, bytes));
-      C10_CUDA_CHECK(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, x.get_device()));
-      const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(resident) * processors);
+      const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(resident) * multiprocessors());
       const int64_t per_item = std::min(tiles, std::max<int64_t>(1, wanted / (B * H)));
       const int64_t tiles_per_block = (tiles + per_item - 1) / per_item;
       const int64_t partial_rows = (tiles + tiles_per_block - 1) / tiles_per_block;
