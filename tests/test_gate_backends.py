@@ -118,6 +118,27 @@ def test_backend_matches_reference(backend, op, shape, dtype):
         assert relative(got, want) <= tolerance * 10, relative(got, want)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_saturated_gates_match_reference(backend, op):
+    """Values scaled up 300× put the attention at up to a few hundred either side of 0, where σ is 0 or 1 in
+    float32 and e^(−a) overflows, and the scores (locate's, verify's) far apart: outputs and gradients still
+    match the reference, with no NaN or ∞."""
+    args, grad_indices = make(op, (2, 37, 19, 6, 1), torch.float32, seed=5)
+    args = list(args)
+    values = {"survey": 3, "locate": 4, "verify": 2}[op]  # the index of v; k comes before it
+    args[values] = args[values] * 300
+    if op != "survey":
+        args[values - 1] = args[values - 1] * 30  # keys: scores far apart, the softmax one-hot
+    out_ref, grads_ref, upstream = run(op, args, grad_indices, "reference")
+    out, grads, _ = run(op, args, grad_indices, backend, upstream)
+    assert out.isfinite().all() and all(g.isfinite().all() for g in grads)
+    assert relative(out, out_ref) <= 1e-5
+    for got, want in zip(grads, grads_ref):
+        assert relative(got, want) <= 1e-4, relative(got, want)
+
+
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
 @pytest.mark.parametrize("op", ["survey", "locate", "verify"])
 def test_cpp_matches_reference_at_a_stage_1_position_count(op):

@@ -86,6 +86,41 @@ def test_kernels_match_float64_reference(backend, layout, training, count, dtype
         assert all(d.is_contiguous(memory_format=LAYOUTS[layout]) for d in dxs)
 
 
+# Triton's interpreter evaluates exp in NumPy, which warns where float32 overflows to ∞ (as it should here).
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kernels_silu_over_the_float32_range(backend, layout):
+    """float32 SiLU and its derivative from −120 to 120 (where σ under- and overflows) to within 1e-6 of
+    float64, and ±∞ and NaN as torch's float32 SiLU gives them: eval mode with the identity normalisation,
+    17 channels (a whole vector of channels and one lane over)."""
+    forward, backward = _kernel_ops(backend)
+    channels = 17
+    values = torch.cat([torch.linspace(-120, 120, 24001), torch.linspace(-2, 2, 4001)])
+    values = torch.cat([values, torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e-30])])
+    values = torch.cat([values, values[: -values.numel() % channels]])  # whole rows of 17 channels
+    x = values.reshape(-1, channels).t().reshape(1, channels, -1, 1).contiguous(memory_format=LAYOUTS[layout])
+    weight, bias = torch.ones(1, channels), torch.zeros(1, channels)
+    mean, var = torch.zeros(1, channels), torch.full((1, channels), 1 - 1e-5)
+    y = forward([x], weight, bias, mean, var, False, 1e-5)[0]
+    finite = x.isfinite()
+    dx = backward(torch.ones_like(x), [x.nan_to_num()], weight, bias, mean, var, False, 1e-5)[0][0]
+
+    exact = F.silu(x.double())
+    sigma = torch.sigmoid(x.double())
+    slope = sigma * (1 + x.double() * (1 - sigma))
+    # The slope is relative to its terms' size: it crosses zero near x = −1.28, where they cancel.
+    terms = sigma * (1 + x.double().abs() * (1 - sigma))
+    for name, got, want, size in (("y", y, exact, exact.abs()), ("dy/dx", dx, slope, terms)):
+        got, want, size = got.double()[finite], want[finite], size[finite]
+        normal = size > 1e-30  # below, float32 results are denormal or flushed
+        error = (got - want).abs()
+        assert (error[normal] / size[normal]).max() <= 1e-6, name
+        assert error[~normal].max() <= 1e-30, name
+    torch.testing.assert_close(y[~finite], F.silu(x[~finite]), equal_nan=True)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -104,7 +104,7 @@ inline void silu_inplace<float>(float* s, int64_t n) {
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
     const Vec v = Vec::loadu(s + i);
-    (v / (Vec(1.f) + v.neg().exp_u20())).store(s + i);
+    (v * sigmoid_vec(v)).store(s + i);
   }
   for (; i < n; ++i) s[i] = s[i] * sigmoid(s[i]);
 }

@@ -126,7 +126,7 @@ void softmax_rows(T* rows, int64_t count, int64_t width, const T* bias) {
     }
     Vec total(T(0));
     for (int64_t j = 0; j < width; j += S) {
-      const Vec e = (Vec::loadu(row + j) + Vec::loadu(bias + j) - Vec(m)).exp();
+      const Vec e = exp_vec(Vec::loadu(row + j) + Vec::loadu(bias + j) - Vec(m));
       e.store(row + j);
       total = total + e;
     }
