@@ -26,7 +26,6 @@
 namespace provg {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 at::MemoryFormat memory_layout(const at::Tensor& x) {
@@ -100,57 +99,42 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> backward_kernel(
   return kernel(grad, inputs, weight, bias, mean, var, use_batch, eps);
 }
 
-// The autograd node over the kernels. Arguments: the K branches, the K weights and K biases (every
-// one a tensor: missing ones are filled in by the caller), the statistics for eval mode.
-struct RepBnAddSiluFunction : public torch::autograd::Function<RepBnAddSiluFunction> {
-  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, at::TensorList weights,
-                               at::TensorList biases, const at::Tensor& mean, const at::Tensor& var, bool use_batch,
-                               double eps) {
-    const at::TensorOptions options = inputs[0].options().dtype(accumulation_type(inputs[0]));
-    const at::Tensor weight = pack(weights, options);
-    const at::Tensor bias = pack(biases, options);
-    std::vector<at::Tensor> maps = in_layout(inputs);
-    auto [y, used_mean, used_var] = forward_kernel(maps, weight, bias, mean, var, use_batch, eps);
-    ctx->mark_non_differentiable({used_mean, used_var});
-    maps.insert(maps.end(), {weight, bias, used_mean, used_var});
-    ctx->save_for_backward(maps);
-    ctx->saved_data["use_batch"] = use_batch;
-    ctx->saved_data["eps"] = eps;
-    std::vector<int64_t> dtypes;  // the parameters' own dtypes, for their gradients: weights, then biases
-    for (const at::TensorList parameters : {weights, biases})
-      for (const at::Tensor& p : parameters) dtypes.push_back(static_cast<int64_t>(p.scalar_type()));
-    ctx->saved_data["parameter_dtypes"] = dtypes;
-    return {y, used_mean, used_var};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list saved = ctx->get_saved_variables();
-    const at::Tensor var = saved.back();
-    saved.pop_back();
-    const at::Tensor mean = saved.back();
-    saved.pop_back();
-    const at::Tensor bias = saved.back();
-    saved.pop_back();
-    const at::Tensor weight = saved.back();
-    saved.pop_back();
-    const int64_t k = static_cast<int64_t>(saved.size());
-    const at::Tensor grad = grads[0].contiguous(memory_layout(saved[0]));
-    auto [dinputs, dweight, dbias] = backward_kernel(grad, saved, weight, bias, mean, var,
-                                                     ctx->saved_data["use_batch"].toBool(),
-                                                     ctx->saved_data["eps"].toDouble());
-    const std::vector<int64_t> dtypes = ctx->saved_data["parameter_dtypes"].toIntVector();
-    variable_list out(dinputs.begin(), dinputs.end());
-    for (const at::Tensor* d : {&dweight, &dbias}) {
-      const std::vector<at::Tensor> rows = d->unbind(0);
-      for (int64_t i = 0; i < k; ++i) {
-        const auto dtype = static_cast<at::ScalarType>(dtypes[out.size() - k]);  // after the K dinputs
-        out.push_back(rows[i].scalar_type() == dtype ? rows[i] : rows[i].to(dtype));
-      }
+// y and the statistics used, with y's KernelBackward over the branches, weights and biases (every one a tensor:
+// missing ones are filled in by the caller); the statistics are not differentiable.
+variable_list forward_with_backward(at::TensorList inputs, at::TensorList weights, at::TensorList biases,
+                                    const at::Tensor& mean, const at::Tensor& var, bool use_batch, double eps) {
+  const at::TensorOptions options = inputs[0].options().dtype(accumulation_type(inputs[0]));
+  const at::Tensor weight = pack(weights, options);
+  const at::Tensor bias = pack(biases, options);
+  std::vector<at::Tensor> saved = in_layout(inputs);
+  auto [y, used_mean, used_var] = forward_kernel(saved, weight, bias, mean, var, use_batch, eps);
+  const int64_t k = static_cast<int64_t>(inputs.size());
+  std::vector<at::Tensor> differentiable(inputs.begin(), inputs.end());
+  std::vector<at::ScalarType> dtypes;  // the parameters' own, for their gradients
+  for (const at::TensorList parameters : {weights, biases})
+    for (const at::Tensor& p : parameters) {
+      differentiable.push_back(p);
+      dtypes.push_back(p.scalar_type());
     }
-    out.resize(out.size() + 4);  // mean, var, use_batch, eps: no gradient
-    return differentiable_once("rep_bn_add_silu", std::move(out));
-  }
-};
+  saved.insert(saved.end(), {weight, bias, used_mean, used_var});
+  attach_backward(y, "rep_bn_add_silu", differentiable, saved,
+                  [k, use_batch, eps, dtypes](const at::Tensor& grad_y, const std::vector<at::Tensor>& s) {
+                    const std::vector<at::Tensor> maps(s.begin(), s.begin() + k);
+                    const at::Tensor grad = grad_y.contiguous(memory_layout(maps[0]));
+                    auto [dinputs, dweight, dbias] =
+                        backward_kernel(grad, maps, s[k], s[k + 1], s[k + 2], s[k + 3], use_batch, eps);
+                    variable_list out(dinputs.begin(), dinputs.end());
+                    for (const at::Tensor* d : {&dweight, &dbias}) {
+                      const std::vector<at::Tensor> rows = d->unbind(0);
+                      for (int64_t i = 0; i < k; ++i) {
+                        const at::ScalarType dtype = dtypes[out.size() - k];  // after the K dinputs
+                        out.push_back(rows[i].scalar_type() == dtype ? rows[i] : rows[i].to(dtype));
+                      }
+                    }
+                    return out;
+                  });
+  return {y, used_mean, used_var};
+}
 
 template <typename T>
 void update_running_cpu(at::TensorList running_means, at::TensorList running_vars, const at::Tensor& batch_mean,
@@ -222,8 +206,7 @@ at::Tensor rep_bn_add_silu_eager(at::TensorList inputs, const c10::List<std::opt
     weight_list.push_back(w.has_value() && w->defined() ? *w : at::full({channels}, 1.0, options));
     bias_list.push_back(b.has_value() && b->defined() ? *b : at::full({channels}, 0.0, options));
   }
-  variable_list out = RepBnAddSiluFunction::apply(inputs, at::TensorList(weight_list),
-                                                  at::TensorList(bias_list), mean, var, use_batch, eps);
+  variable_list out = forward_with_backward(inputs, weight_list, bias_list, mean, var, use_batch, eps);
   advance(counters);
   if (training && tracked) {
     update_running(running_means, running_vars, out[1], out[2], momenta, inputs[0].numel() / channels);

@@ -289,7 +289,7 @@ def test_eager_cpp_calls_take_the_cpp_autograd_node(op):
     args, grad_indices = make(op, (2, 9, 6, 4, 2), torch.float64, seed=11)
     want = REFERENCE[op](*args)
     leaves, out = call(op, args, grad_indices, "cpp")
-    assert out.grad_fn.name().startswith("torch::autograd::CppNode<"), out.grad_fn.name()
+    assert out.grad_fn.name() == f"provg::{op}_gate_backward", out.grad_fn.name()
     for subset in ([grad_indices[0]], grad_indices[1:]):
         fused_leaves, fused = call(op, args, subset, "cpp")
         ref_leaves, ref = call(op, args, subset, "reference")
@@ -304,6 +304,33 @@ def test_eager_cpp_calls_take_the_cpp_autograd_node(op):
     for got in (out, no_grad, inference):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert no_grad.grad_fn is None and inference.grad_fn is None
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
+@pytest.mark.parametrize("op", ["survey", "locate", "verify"])
+def test_cpp_autograd_node_guards_its_saved_inputs(op):
+    """The C++ node keeps PyTorch's guarantees: x changed in place before the backward raises, a second
+    backward through a freed graph raises, and forward-mode AD is refused with the fix."""
+    args, _ = make(op, (2, 9, 6, 4, 2), torch.float64, seed=12)
+    x = args[0].clone().requires_grad_()
+    changed = x * 1.0
+    out = FUSED[op](changed, *args[1:], backend="cpp")
+    with torch.no_grad():
+        changed.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+    out = FUSED[op](x, *args[1:], backend="cpp")
+    out.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.sum().backward()
+
+    import torch.autograd.forward_ad as forward_ad
+
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(args[0], torch.ones_like(args[0]))
+        with pytest.raises(RuntimeError, match=rf"{op}_gate: the fused kernels have no forward-mode"):
+            FUSED[op](dual, *args[1:], backend="cpp")
 
 
 def with_leaves(args, leaves, grad_indices):

@@ -152,7 +152,8 @@ def test_gradcheck_float64(backend, training, layout):
 @pytest.mark.parametrize("training", [True, False])
 def test_library_op_gradcheck_float64(backend, training):
     """The torch.library operator (what torch.compile and torch.export trace) through its registered
-    autograd; eager calls take an autograd.Function over the same kernels."""
+    autograd; eager calls take a C++ node (cpp, cuda) or an autograd.Function (triton) over the same
+    kernels."""
     xs, weight, bias, mean, var = _case((2, 3, 2, 3), 2, torch.float64, seed=9)
     leaves = [t.requires_grad_() for t in (*xs, weight, bias)]
     empty = weight.new_empty(0)
@@ -463,6 +464,34 @@ def test_cpp_entry_point_is_differentiable_once():
         penalty.backward()
     sum(g.square().sum() for g in grads["torch"]).backward()  # the reference has a second derivative
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
+
+
+@pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
+def test_cpp_entry_point_node_guards_its_saved_inputs():
+    """The C++ node (named after the kernel it runs) keeps PyTorch's guarantees: a branch changed in place
+    before the backward raises, a second backward through a freed graph raises, and forward-mode AD is
+    refused with the fix."""
+    xs, weight, bias, *_ = _case((2, 3, 4, 5), 2, torch.float64, seed=9)
+    leaves = [x.clone().requires_grad_() for x in xs]
+    branches = [leaf * 1.0 for leaf in leaves]
+    y = rep_bn_add_silu(branches, weights=list(weight), biases=list(bias), training=True, backend="cpp")
+    assert y.grad_fn.name() == "provg::rep_bn_add_silu_backward"
+    with torch.no_grad():
+        branches[1].add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+    y = rep_bn_add_silu(leaves, weights=list(weight), biases=list(bias), training=True, backend="cpp")
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+
+    import torch.autograd.forward_ad as forward_ad
+
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(xs[0], torch.ones_like(xs[0]))
+        with pytest.raises(RuntimeError, match="rep_bn_add_silu: the fused kernels have no forward-mode"):
+            rep_bn_add_silu([dual, xs[1]], training=True, backend="cpp")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
