@@ -6,7 +6,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
-
 #include <torch/csrc/autograd/functions/utils.h>
 
 #include <functional>
