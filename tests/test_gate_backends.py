@@ -306,6 +306,7 @@ def test_eager_cpp_calls_take_the_cpp_autograd_node(op):
     assert no_grad.grad_fn is None and inference.grad_fn is None
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # forward_ad's import
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="provg._C not built")
 @pytest.mark.parametrize("op", ["survey", "locate", "verify"])
 def test_cpp_autograd_node_guards_its_saved_inputs(op):

@@ -466,6 +466,7 @@ def test_cpp_entry_point_is_differentiable_once():
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # forward_ad's import
 @pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
 def test_cpp_entry_point_node_guards_its_saved_inputs():
     """The C++ node (named after the kernel it runs) keeps PyTorch's guarantees: a branch changed in place
