@@ -108,31 +108,15 @@ __device__ __forceinline__ void add_row_products(acc_t (&s)[MAX_N], const acc_t*
   }
 }
 
-// out[c] = Σ_n s[n]·chunk[n][c] for four channels c0..c0+3 of the chunk.
-template <int MAX_N, typename acc_t>
-__device__ __forceinline__ Quad<acc_t> combine(const acc_t (&s)[MAX_N], const acc_t* chunk, int N, int c0) {
+// out[c] = Σ_n weight(n)·chunk[n][c] for four channels c0..c0+3 of the chunk; weight(n) reads the lane's n-th
+// weight from registers or, in the backward, from shared memory.
+template <int MAX_N, typename acc_t, typename Weight>
+__device__ __forceinline__ Quad<acc_t> combine(const Weight& weight, const acc_t* chunk, int N, int c0) {
   Quad<acc_t> out{acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 #pragma unroll
   for (int n = 0; n < MAX_N; ++n)
     if (n < N) {
-      const Quad<acc_t> v = load_quad(chunk + n * kChannels + c0);
-      out.x += s[n] * v.x;
-      out.y += s[n] * v.y;
-      out.z += s[n] * v.z;
-      out.w += s[n] * v.w;
-    }
-  return out;
-}
-
-// out[c] = Σ_n column[n·32]·chunk[n][c] for four channels c0..c0+3 of the chunk: combine with the lane's
-// weights read from a (MAX_N, 32) array in shared memory instead of registers.
-template <int MAX_N, typename acc_t>
-__device__ __forceinline__ Quad<acc_t> combine_column(const acc_t* column, const acc_t* chunk, int N, int c0) {
-  Quad<acc_t> out{acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-#pragma unroll
-  for (int n = 0; n < MAX_N; ++n)
-    if (n < N) {
-      const acc_t s = column[n * kWarp];
+      const acc_t s = weight(n);
       const Quad<acc_t> v = load_quad(chunk + n * kChannels + c0);
       out.x += s * v.x;
       out.y += s * v.y;
@@ -248,7 +232,7 @@ __global__ void survey_forward_kernel(const scalar_t* __restrict__ x,  // (B, P,
     __syncwarp();
     acc_t* row = tile + lane * kStride;
     for (int c = 0; c < kChannels; c += 4) {
-      const Quad<acc_t> a = combine<MAX_N>(w, chunk, N, c);
+      const Quad<acc_t> a = combine<MAX_N, acc_t>([&](int n) { return w[n]; }, chunk, N, c);
       row[c] *= sigmoid(a.x);
       row[c + 1] *= sigmoid(a.y);
       row[c + 2] *= sigmoid(a.z);
@@ -306,7 +290,8 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
       }
     }
     __syncthreads();
-    const acc_t* my_weights = weights_t + lane;
+    // The lane's weight of key n, read back from shared memory.
+    const auto weight_by_key = [column = weights_t + lane](int n) { return column[n * kWarp]; };
     // (1) dx, da through the tiles; dW_n per position; dv = Σ_p W·da per channel.
     for (int c0 = warp * kChannels; c0 < D; c0 += warps * kChannels) {
       const int cols = min(kChannels, D - c0);
@@ -317,7 +302,7 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
       acc_t* upstream = tile_a + lane * kStride;  // becomes dx
       acc_t* input = tile_b + lane * kStride;     // becomes da
       for (int c = 0; c < kChannels; c += 4) {
-        const Quad<acc_t> a = combine_column<MAX_N>(my_weights, chunk, N, c);
+        const Quad<acc_t> a = combine<MAX_N, acc_t>(weight_by_key, chunk, N, c);
         const acc_t attention[4] = {a.x, a.y, a.z, a.w};
         acc_t da[4];
 #pragma unroll
@@ -344,9 +329,9 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
     sum_over_warps<MAX_N>(dw, shared, N, warp, warps, lane);
     acc_t dot = acc_t(0);
 #pragma unroll
-    for (int n = 0; n < MAX_N; ++n) dot += my_weights[n * kWarp] * dw[n];
+    for (int n = 0; n < MAX_N; ++n) dot += weight_by_key(n) * dw[n];
 #pragma unroll
-    for (int n = 0; n < MAX_N; ++n) dw[n] = my_weights[n * kWarp] * (dw[n] - dot) * scale;
+    for (int n = 0; n < MAX_N; ++n) dw[n] = weight_by_key(n) * (dw[n] - dot) * scale;
     __syncthreads();  // every warp has read the weights by key, whose buffer takes dS
     if (warp == 0) {
 #pragma unroll
@@ -361,7 +346,7 @@ __global__ void survey_backward_kernel(const scalar_t* __restrict__ grad, const 
       __syncwarp();
       acc_t* out = tile_a + lane * kStride;
       for (int c = 0; c < kChannels; c += 4) {
-        const Quad<acc_t> g = combine<MAX_N>(dw, chunk, N, c);
+        const Quad<acc_t> g = combine<MAX_N, acc_t>([&](int n) { return dw[n]; }, chunk, N, c);
         out[c] = g.x;
         out[c + 1] = g.y;
         out[c + 2] = g.z;
