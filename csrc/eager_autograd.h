@@ -104,4 +104,9 @@ inline void attach_backward(const at::Tensor& y, const char* op, at::TensorList 
   torch::autograd::set_history(y, node);
 }
 
+// attach_backward for a backward that needs exactly the inputs.
+inline void attach_backward(const at::Tensor& y, const char* op, at::TensorList inputs, KernelBackward::Body body) {
+  attach_backward(y, op, inputs, inputs, std::move(body));
+}
+
 }  // namespace provg

@@ -26,13 +26,13 @@ using Grad4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Grad5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Saved = std::vector<at::Tensor>;
 
-// Each entry point runs its forward kernel and gives the output a KernelBackward over every tensor argument
-// (the bool key mask's gradient is left undefined).
+// Each entry point runs its forward kernel and gives the output a KernelBackward over every tensor argument,
+// all of them saved (the bool key mask's gradient is left undefined).
 
 at::Tensor survey_gate_eager(Arg x, Arg q, Arg k, Arg v, Arg mask, int64_t heads) {
   static const Kernel<at::Tensor(Arg, Arg, Arg, Arg, Arg, int64_t)> forward("provg::survey_gate_forward");
   at::Tensor y = forward(x, q, k, v, mask, heads);
-  attach_backward(y, "survey_gate", {x, q, k, v, mask}, {x, q, k, v, mask}, [heads](Arg grad, const Saved& s) {
+  attach_backward(y, "survey_gate", {x, q, k, v, mask}, [heads](Arg grad, const Saved& s) {
     static const Kernel<Grad4(Arg, Arg, Arg, Arg, Arg, Arg, int64_t)> backward("provg::survey_gate_backward");
     auto [dx, dq, dk, dv] = backward(grad, s[0], s[1], s[2], s[3], s[4], heads);
     return variable_list{dx, dq, dk, dv, at::Tensor()};
@@ -43,7 +43,7 @@ at::Tensor survey_gate_eager(Arg x, Arg q, Arg k, Arg v, Arg mask, int64_t heads
 at::Tensor locate_gate_eager(Arg x, Arg w, Arg b, Arg k, Arg v, Arg mask) {
   static const Kernel<at::Tensor(Arg, Arg, Arg, Arg, Arg, Arg)> forward("provg::locate_gate_forward");
   at::Tensor y = forward(x, w, b, k, v, mask);
-  attach_backward(y, "locate_gate", {x, w, b, k, v, mask}, {x, w, b, k, v, mask}, [](Arg grad, const Saved& s) {
+  attach_backward(y, "locate_gate", {x, w, b, k, v, mask}, [](Arg grad, const Saved& s) {
     static const Kernel<Grad5(Arg, Arg, Arg, Arg, Arg, Arg, Arg)> backward("provg::locate_gate_backward");
     auto [dx, dw, db, dk, dv] = backward(grad, s[0], s[1], s[2], s[3], s[4], s[5]);
     return variable_list{dx, dw, db, dk, dv, at::Tensor()};
@@ -54,7 +54,7 @@ at::Tensor locate_gate_eager(Arg x, Arg w, Arg b, Arg k, Arg v, Arg mask) {
 at::Tensor verify_gate_eager(Arg x, Arg k, Arg v, Arg mask, Arg w_q) {
   static const Kernel<at::Tensor(Arg, Arg, Arg, Arg, Arg)> forward("provg::verify_gate_forward");
   at::Tensor y = forward(x, k, v, mask, w_q);
-  attach_backward(y, "verify_gate", {x, k, v, mask, w_q}, {x, k, v, mask, w_q}, [](Arg grad, const Saved& s) {
+  attach_backward(y, "verify_gate", {x, k, v, mask, w_q}, [](Arg grad, const Saved& s) {
     static const Kernel<Grad4(Arg, Arg, Arg, Arg, Arg, Arg)> backward("provg::verify_gate_backward");
     auto [dx, dk, dv, dw_q] = backward(grad, s[0], s[1], s[2], s[3], s[4]);
     return variable_list{dx, dk, dv, at::Tensor(), dw_q};
