@@ -15,10 +15,14 @@
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/_foreach_add.h>
+#include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/stack.h>
 
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "eager_autograd.h"
@@ -38,18 +42,21 @@ at::ScalarType accumulation_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The (K, C) stack of per-branch parameters in ``options``' dtype: rows copied in when they are contiguous
-// CPU vectors of that dtype (the usual case: at::stack and a cast cost a microsecond each, and on the 15²
-// maps the host work around the kernels costs as much as they do), else at::stack.
-at::Tensor pack(at::TensorList rows, const at::TensorOptions& options) {
+// Whether ``rows`` are contiguous CPU vectors of ``options``' dtype, all of one length.
+bool plain_rows(at::TensorList rows, const at::TensorOptions& options) {
   const at::ScalarType dtype = options.dtype().toScalarType();
   const int64_t c = rows[0].numel();
   bool plain = options.device().is_cpu();
   for (const at::Tensor& r : rows)
     plain = plain && r.is_cpu() && r.scalar_type() == dtype && r.dim() == 1 && r.numel() == c && r.is_contiguous();
-  if (!plain) return at::stack(rows).to(dtype);
-  at::Tensor out = at::empty({static_cast<int64_t>(rows.size()), c}, options);
-  const size_t bytes = static_cast<size_t>(c) * out.element_size();
+  return plain;
+}
+
+// The (K, C) stack of plain rows, copied in (at::stack and a cast cost a microsecond each, and on the 15² maps
+// the host work around the kernels costs as much as they do).
+at::Tensor copy_rows(at::TensorList rows, const at::TensorOptions& options) {
+  at::Tensor out = at::empty({static_cast<int64_t>(rows.size()), rows[0].numel()}, options);
+  const size_t bytes = static_cast<size_t>(rows[0].numel()) * out.element_size();
   char* to = static_cast<char*>(out.data_ptr());
   for (const at::Tensor& r : rows) {
     std::memcpy(to, r.const_data_ptr(), bytes);
@@ -58,17 +65,36 @@ at::Tensor pack(at::TensorList rows, const at::TensorOptions& options) {
   return out;
 }
 
+// The (K, C) stacks in ``options``' dtype of two lists of K per-branch rows. Plain rows (the usual case on a CPU)
+// are copied into two stacks; others (on a GPU, always) go into one (2K, C) at::stack whose halves are returned
+// as views: one launch instead of two (on a CPU the two views cost more host time than a second small copy).
+std::pair<at::Tensor, at::Tensor> pack_pair(at::TensorList first, at::TensorList second,
+                                            const at::TensorOptions& options) {
+  if (plain_rows(first, options) && plain_rows(second, options))
+    return {copy_rows(first, options), copy_rows(second, options)};
+  std::vector<at::Tensor> rows(first.begin(), first.end());
+  rows.insert(rows.end(), second.begin(), second.end());
+  const at::Tensor both = at::stack(rows).to(options.dtype().toScalarType());
+  const int64_t k = static_cast<int64_t>(first.size());
+  return {both.narrow(0, 0, k), both.narrow(0, k, k)};
+}
+
 // Advances each counter (a batch norm's num_batches_tracked) by one, as the module's training forward does: a
-// direct write for the usual CPU int64 scalar (with its version bump), an in-place add otherwise.
+// direct write for the usual CPU int64 scalar (with its version bump), else one foreach add for the rest (one
+// launch on a GPU instead of one per branch).
 void advance(at::TensorList counters) {
+  std::vector<at::Tensor> rest;
   for (const at::Tensor& counter : counters) {
     if (counter.is_cpu() && counter.scalar_type() == at::kLong && counter.numel() == 1 && !counter.is_inference()) {
       ++*counter.data_ptr<int64_t>();
       counter.unsafeGetTensorImpl()->bump_version();
     } else {
-      at::NoGradGuard no_grad;
-      counter.add_(1);
+      rest.push_back(counter);
     }
+  }
+  if (!rest.empty()) {
+    at::NoGradGuard no_grad;
+    at::_foreach_add_(rest, 1);
   }
 }
 
@@ -104,11 +130,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> backward_kernel(
 variable_list forward_with_backward(at::TensorList inputs, at::TensorList weights, at::TensorList biases,
                                     const at::Tensor& mean, const at::Tensor& var, bool use_batch, double eps) {
   const at::TensorOptions options = inputs[0].options().dtype(accumulation_type(inputs[0]));
-  const at::Tensor weight = pack(weights, options);
-  const at::Tensor bias = pack(biases, options);
+  const int64_t k = static_cast<int64_t>(inputs.size());
+  const auto [weight, bias] = pack_pair(weights, biases, options);
   std::vector<at::Tensor> saved = in_layout(inputs);
   auto [y, used_mean, used_var] = forward_kernel(saved, weight, bias, mean, var, use_batch, eps);
-  const int64_t k = static_cast<int64_t>(inputs.size());
   std::vector<at::Tensor> differentiable(inputs.begin(), inputs.end());
   std::vector<at::ScalarType> dtypes;  // the parameters' own, for their gradients
   for (const at::TensorList parameters : {weights, biases})
@@ -169,6 +194,19 @@ void update_running(at::TensorList running_means, at::TensorList running_vars, c
     });
     return;
   }
+  bool shared = true;  // the statistics' dtype and device, one momentum: three foreach ops
+  for (const at::TensorList stats : {running_means, running_vars})
+    for (const at::Tensor& r : stats)
+      shared = shared && r.scalar_type() == batch_mean.scalar_type() && r.device() == batch_mean.device();
+  for (const double m : momenta) shared = shared && m == momenta[0];
+  if (shared) {  // on a GPU, three launches instead of 4·K + 1
+    std::vector<at::Tensor> running(running_means.begin(), running_means.end());
+    running.insert(running.end(), running_vars.begin(), running_vars.end());
+    at::_foreach_mul_(running, 1.0 - momenta[0]);
+    at::_foreach_add_(running_means, batch_mean.unbind(0), momenta[0]);
+    at::_foreach_add_(running_vars, batch_var.unbind(0), momenta[0] * correction);
+    return;
+  }
   const at::Tensor unbiased = batch_var.mul(correction);
   for (int64_t i = 0; i < static_cast<int64_t>(momenta.size()); ++i) {
     running_means[i].mul_(1.0 - momenta[i]).add_(batch_mean[i].to(running_means[i].scalar_type()), momenta[i]);
@@ -197,8 +235,7 @@ at::Tensor rep_bn_add_silu_eager(at::TensorList inputs, const c10::List<std::opt
   if (use_batch) {
     mean = var = at::empty({0}, options);
   } else {
-    mean = pack(running_means, options);
-    var = pack(running_vars, options);
+    std::tie(mean, var) = pack_pair(running_means, running_vars, options);
   }
   std::vector<at::Tensor> weight_list, bias_list;
   for (int64_t i = 0; i < k; ++i) {

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from provg.ops import _backend, available_backends, rep_bn_add_silu, rep_bn_add_silu_over
 from provg.ops.rep_bn_add_silu import rep_bn_add_silu_reference
@@ -431,6 +432,95 @@ def test_cpp_entry_point_without_affine_under_inference_mode():
     assert torch.autograd.gradcheck(
         lambda a, b: rep_bn_add_silu([a, b], training=True, backend="cpp"), leaves
     )
+
+
+@pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
+@pytest.mark.parametrize(
+    "momenta, stat_dtype",
+    [((0.1, 0.1), torch.float32), ((0.1, 0.3), torch.float32), ((0.2, 0.2), torch.float64)],
+    ids=["one momentum: foreach ops", "two momenta: per branch", "float64 statistics: per branch"],
+)
+def test_cpp_entry_point_updates_statistics_its_loop_does_not_take(momenta, stat_dtype):
+    """The C++ entry point's running update for statistics that its CPU loop does not take (here strided
+    views; on a GPU, every call): the foreach ops (one momentum, the statistics' dtype) or one update per
+    branch, against the update written out in float64 from the batch statistics; the weights and biases
+    packed from strided views too. Counters that the direct write does not take (int32 here) advance
+    through the foreach add."""
+    g = torch.Generator().manual_seed(12)
+    xs = [torch.randn(3, 5, 4, 7, generator=g) + 0.5 for _ in range(2)]
+    storage = torch.rand(2, 2, 5, 2, generator=g, dtype=stat_dtype) + 0.5
+    means, variances = list(storage[0, ..., 0]), list(storage[1, ..., 0])  # strided (stride 2) views
+    parameters = torch.rand(2, 2, 5, 2, generator=g) + 0.5
+    weights, biases = list(parameters[0, ..., 1]), list(parameters[1, ..., 1])
+    before = [t.double().clone() for t in means + variances]
+    counters = [torch.tensor(4, dtype=torch.int32), torch.tensor(7, dtype=torch.int32)]
+    with torch.no_grad():
+        y = torch.ops.provg.rep_bn_add_silu_eager(
+            xs, weights, biases, means, variances, counters, True, momenta, 1e-5
+        )
+    expected = F.silu(
+        sum(
+            F.batch_norm(x.double(), None, None, w.double(), b.double(), True, 0.0, 1e-5)
+            for x, w, b in zip(xs, weights, biases)
+        )
+    )
+    torch.testing.assert_close(y, expected.float(), rtol=1e-5, atol=1e-5)
+    count = xs[0].numel() // 5
+    for i, (x, m) in enumerate(zip(xs, momenta)):
+        x = x.double()
+        batch_mean, batch_var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+        torch.testing.assert_close(means[i].double(), (1 - m) * before[i] + m * batch_mean, rtol=0, atol=1e-6)
+        unbiased = batch_var * count / (count - 1)
+        torch.testing.assert_close(
+            variances[i].double(), (1 - m) * before[2 + i] + m * unbiased, rtol=0, atol=1e-6
+        )
+        assert means[i].dtype == stat_dtype
+    assert [c.item() for c in counters] == [5, 8]
+
+
+@pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")
+def test_cpp_entry_point_dispatches_few_ops_beside_its_kernel():
+    """Around its forward kernel, the entry point's training call on statistics and parameters its CPU loops
+    do not take (on a GPU, every call) dispatches one stack of the weights and biases, one foreach add of the
+    counters and three foreach ops for the running statistics: five launches on a GPU, where one ATen op per
+    tensor made thirteen for two branches. Views and allocations launch nothing and are not counted."""
+
+    class Dispatched(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(f"{func.overloadpacket.__name__}.{func._overloadname}")
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(13)
+    xs = [torch.randn(2, 8, 4, 4, generator=g) for _ in range(2)]
+    statistics, parameters = torch.rand(2, 2, 8, 2, generator=g) + 0.5, torch.rand(2, 2, 8, 2, generator=g)
+    counters = [torch.tensor(1, dtype=torch.int32) for _ in range(2)]
+    with torch.no_grad(), Dispatched() as dispatched:
+        torch.ops.provg.rep_bn_add_silu_eager(
+            xs,
+            list(parameters[0, ..., 1]),
+            list(parameters[1, ..., 1]),
+            list(statistics[0, ..., 0]),
+            list(statistics[1, ..., 0]),
+            counters,
+            True,
+            [0.1, 0.1],
+            1e-5,
+        )
+    launching = sorted(
+        n for n in dispatched.names if n.split(".")[0] not in {"empty", "slice", "unbind", "select"}
+    )
+    assert launching == [
+        "_foreach_add_.List",
+        "_foreach_add_.List",
+        "_foreach_add_.Scalar",
+        "_foreach_mul_.Scalar",
+        "rep_bn_add_silu_forward.default",
+        "stack.default",
+    ]
 
 
 @pytest.mark.skipif(not AVAILABLE["cpp"], reason="provg._C is not built")

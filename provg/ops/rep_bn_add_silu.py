@@ -146,14 +146,18 @@ class _EagerFused(torch.autograd.Function):
         return dweight, dbias, None, None, None, None, None, *dinputs
 
 
-def _stack(values: Sequence[Tensor | None], fill: float, like: Tensor) -> Tensor:
-    """(K, C) stack of per-branch parameters; a missing one (affine=False) is ``fill``."""
-    return torch.stack(
-        [
-            like.new_full(like.shape, fill) if v is None else v if v.dtype == like.dtype else v.to(like.dtype)
-            for v in values
-        ]
-    )
+def _stack_pair(
+    first: Sequence[Tensor | None], second: Sequence[Tensor | None], fills: tuple[float, float], like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The (K, C) stacks of two lists of per-branch parameters (a missing one, affine=False, is its list's
+    fill), as the halves of one (2K, C) stack: one copy, one launch on a GPU."""
+    rows = [
+        like.new_full(like.shape, fill) if v is None else v if v.dtype == like.dtype else v.to(like.dtype)
+        for values, fill in zip((first, second), fills)
+        for v in values
+    ]
+    both = torch.stack(rows)
+    return both[: len(first)], both[len(first) :]
 
 
 def _eager(
@@ -291,19 +295,17 @@ def _fused(
             momenta,
             eps,
         )
-    for counter in counters:
-        counter.add_(1)
+    if counters:
+        torch._foreach_add_(list(counters), 1)  # one launch on a GPU for every branch
     if chosen == "torch":
         return _eager(inputs, running_means, running_vars, weights, biases, training, momenta, eps)
     acc = torch.float64 if first.dtype == torch.float64 else torch.float32
     like = first.new_empty(channels, dtype=acc)
-    weight = _stack(weights, 1.0, like)
-    bias = _stack(biases, 0.0, like)
+    weight, bias = _stack_pair(weights, biases, (1.0, 0.0), like)
     if use_batch:
         mean = var = like.new_empty((0,))
     else:
-        mean = _stack(running_means, 0.0, like).detach()
-        var = _stack(running_vars, 1.0, like).detach()
+        mean, var = (s.detach() for s in _stack_pair(running_means, running_vars, (0.0, 1.0), like))
     layout = memory_layout(first)
     inputs = [x.contiguous(memory_format=layout) for x in inputs]
     if torch.compiler.is_compiling():
