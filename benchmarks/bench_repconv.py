@@ -6,17 +6,19 @@ Tail: forward, backward and forward+backward medians (ms) of SiLU(BN(a) + BN(b))
 (batch statistics and running-statistic updates) for every available backend, against the eager
 modules (two `nn.BatchNorm2d`, an add, `F.silu`) and `torch.compile` of them. Deploy convolution:
 forward of every backend (on CPU the cpp backend's direct and Winograd algorithms) against eager
-`F.conv2d` + bias + SiLU and its `torch.compile`. Kernels: the
-tail's forward and backward kernels called directly, in GB/s next to a copy of one map. CFM: forward
-at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train and deploy
-form with PyTorch modules and with the fused ops (automatic choices; on CPU also the deploy form with
-the direct convolution). Maps are channels-last, as in the model.
+`F.conv2d` + bias + SiLU and its `torch.compile`. Chain (``--parts chain``, not run by default): the
+tail as a model runs it, ``--links`` tails in a chain under one backward (forward+backward per tail).
+Kernels: the tail's forward and backward kernels called directly, in GB/s next to a copy of one map.
+CFM: forward at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train
+and deploy form with PyTorch modules and with the fused ops (automatic choices; on CPU also the deploy
+form with the direct convolution). Maps are channels-last, as in the model.
 Prints tables and appends rows to benchmarks/results/repconv.csv (and repconv_kernels.csv; with
 ``--graph`` to repconv_graph.csv and repconv_kernels_graph.csv).
 
     python benchmarks/bench_repconv.py                # CPU: B = 1 and 2; GPU: B = 8
     python benchmarks/bench_repconv.py --sizes 120 --batch 1 --parts tail kernels
     python benchmarks/bench_repconv.py --graph --parts tail kernels conv   # GPU: device time alone
+    python benchmarks/bench_repconv.py --parts tail chain --no-compile    # one call against a chain of 8
 
 Large CPU tensors come from fresh pages unless glibc keeps freed memory (page faults then cost as much
 as the kernels at 120²); the allocator setting (``GLIBC_TUNABLES``, ``LD_PRELOAD``) is printed and
@@ -132,6 +134,43 @@ def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool,
     return {
         n: tuple(medians[m][n][0] if n in medians[m] else None for m in ("fwd", "bwd", "both")) for n in timed
     }
+
+
+def time_tail_chain(size: int, batch: int, device, dtype, repeat: int, compile_: bool, links: int) -> dict:
+    """The tail as a model runs it: ``links`` tails in a chain (each one's output is the next one's first
+    input, its second a map of its own; each with its own batch norms) and one backward through all of
+    them, accumulating the parameters' gradients; {provider: (None, None, fwd+bwd ms per tail)}.
+
+    A call timed alone (`time_tail`) pays the fixed cost of a backward (`torch.autograd.grad`'s Python,
+    the engine's set-up, the gradients of every input) for one tail, which a model pays once per step, and
+    finds its inputs in the cache its previous call left; in a chain the backward reads the saved inputs
+    back after the other tails' work has gone through the cache."""
+    g = torch.Generator().manual_seed(0)
+    maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(links + 1)]
+    upstream = torch.randn_like(maps[0])
+    providers = {"eager": eager_tail}
+    if compile_:
+        providers["compile"] = torch.compile(eager_tail)
+    for backend in kernel_backends(device):
+        providers[backend] = functools.partial(fused_tail, backend=backend)
+
+    def step_of(call):
+        modules = [EagerTail(WIDTH).to(device).train() for _ in range(links)]
+        parameters = [p for m in modules for p in m.parameters()]
+
+        def step():
+            for p in parameters:
+                p.grad = None
+            leaves = [m.detach().requires_grad_() for m in maps]
+            y = leaves[0]
+            for module, second in zip(modules, leaves[1:]):
+                y = call(module, y, second)
+            y.backward(upstream)
+
+        return step
+
+    timed = interleaved_ms({n: step_of(c) for n, c in providers.items()}, device, repeat=repeat)
+    return {n: (None, None, t[0] / links) for n, t in timed.items()}
 
 
 def time_kernels(size: int, batch: int, device, dtype, repeat: int, graph: bool = False) -> dict:
@@ -267,8 +306,12 @@ def main() -> None:
         "--parts",
         nargs="+",
         default=["tail", "kernels", "conv", "cfm"],
-        choices=["tail", "kernels", "conv", "cfm"],
+        choices=["tail", "chain", "kernels", "conv", "cfm"],
+        help="tail: the training-mode tail, one call at a time; chain: the tail in a chain of --links under "
+        "one backward, as a model runs it; kernels: the tail's kernels alone; conv: the deploy convolution; "
+        "cfm: the CFM forward (default: all but chain)",
     )
+    parser.add_argument("--links", type=int, default=8, help="tails per chain (chain; default 8)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[120, 60, 30, 15])
     parser.add_argument("--batch", nargs="+", type=int, default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -285,8 +328,10 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.graph and device.type != "cuda":
         parser.error("--graph times CUDA graph replays and needs a CUDA device")
-    if args.graph and "cfm" in args.parts:
-        parser.error("--graph times the tail, kernels and conv parts; leave out cfm")
+    if args.graph and {"cfm", "chain"} & set(args.parts):
+        parser.error("--graph times the tail, kernels and conv parts; leave out cfm and chain")
+    if args.links < 1:
+        parser.error(f"--links must be at least 1, got {args.links}")
     if args.graph:
         use_side_stream()
     dtype = getattr(torch, args.dtype)
@@ -297,6 +342,11 @@ def main() -> None:
             if "tail" in args.parts:
                 timings = time_tail(size, batch, device, dtype, args.repeat, not args.no_compile, args.graph)
                 rows += rows_for("tail (train)", f"{size}²", batch, timings)
+            if "chain" in args.parts:
+                timings = time_tail_chain(
+                    size, batch, device, dtype, args.repeat, not args.no_compile, args.links
+                )
+                rows += rows_for(f"tail ×{args.links} chain", f"{size}²", batch, timings)
             if "kernels" in args.parts:
                 timings = time_kernels(size, batch, device, dtype, args.repeat, args.graph)
                 for name, (fwd, bwd, fwd_rate, bwd_rate) in timings.items():
