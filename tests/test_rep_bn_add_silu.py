@@ -369,6 +369,26 @@ def test_all_backends_agree_on_a_cfm_shape():
         torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
 
 
+def test_cpp_gradients_on_a_cfm_shape_past_the_private_caches():
+    """The width-256 CFM shape at 30², B = 2, channels-last (float32): a backward whose sums pass reads more
+    than the cores' private caches hold, and so prefetches rows ahead; input and parameter gradients against
+    the float64 torch backend on the same inputs."""
+    if "cpp" not in KERNELS:
+        pytest.skip("provg._C is not built")
+    xs, weight, bias, _, _ = _case((2, 256, 30, 30), 2, torch.float32, seed=6)
+    upstream = torch.randn(xs[0].shape, generator=torch.Generator().manual_seed(7))
+    grads = {}
+    for backend, dtype in (("cpp", torch.float32), ("torch", torch.float64)):
+        leaves = [t.to(dtype).requires_grad_() for t in (*xs, weight, bias)]
+        inputs = [x.contiguous(memory_format=torch.channels_last) for x in leaves[:2]]
+        y = rep_bn_add_silu(
+            inputs, None, None, list(leaves[2]), list(leaves[3]), training=True, backend=backend
+        )
+        grads[backend] = torch.autograd.grad(y, leaves, upstream.to(dtype))
+    for ours, reference in zip(grads["cpp"], grads["torch"]):
+        torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not GPU_BACKENDS, reason="no CUDA device or GPU backend")
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace provg {
@@ -48,21 +49,40 @@ struct Blocks {
   Job job(int64_t j) const { return {j / count, first(j % count), last(j % count)}; }
 };
 
+// The size in bytes of cache ``index`` that sysfs lists for cpu0 (0 where it lists none), and its level.
+inline std::pair<int64_t, int> sysfs_cache(int index) {
+  const std::string path = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
+  std::ifstream file(path + "/size");
+  int64_t size = 0;
+  std::string unit;
+  if (!(file >> size)) return {0, 0};
+  file >> unit;  // "K" or "M" (the number and its unit are written together, e.g. 32768K)
+  if (!unit.empty() && (unit[0] == 'M' || unit[0] == 'm')) size <<= 20;
+  if (!unit.empty() && (unit[0] == 'K' || unit[0] == 'k')) size <<= 10;
+  std::ifstream level_file(path + "/level");
+  int level = 0;
+  level_file >> level;
+  return {size, level};
+}
+
 // The largest cache that sysfs lists for cpu0, in bytes, or 32 MiB where it lists none. (sysconf's
 // _SC_LEVEL3_CACHE_SIZE is no substitute: on a KVM guest with a 32 MiB L3 it reported the host's 384 MiB.)
 inline int64_t sysfs_cache_bytes() {
   int64_t largest = 0;
-  for (int index = 0; index < 8; ++index) {
-    std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
-    int64_t size = 0;
-    std::string unit;
-    if (!(file >> size)) continue;
-    file >> unit;  // "K" or "M" (the number and its unit are written together, e.g. 32768K)
-    if (!unit.empty() && (unit[0] == 'M' || unit[0] == 'm')) size <<= 20;
-    if (!unit.empty() && (unit[0] == 'K' || unit[0] == 'k')) size <<= 10;
-    largest = std::max(largest, size);
-  }
+  for (int index = 0; index < 8; ++index) largest = std::max(largest, sysfs_cache(index).first);
   return largest > 0 ? largest : int64_t(32) << 20;
+}
+
+// A core's private cache in bytes: the level-2 cache sysfs lists for cpu0, or 1 MiB where it lists none.
+inline int64_t private_cache_bytes() {
+  static const int64_t bytes = [] {
+    for (int index = 0; index < 8; ++index) {
+      const auto [size, level] = sysfs_cache(index);
+      if (level == 2 && size > 0) return size;
+    }
+    return int64_t(1) << 20;
+  }();
+  return bytes;
 }
 
 // The last-level cache size the CPU kernels plan for, in bytes: PROVG_CPU_CACHE_BYTES when it is set and not

@@ -220,10 +220,12 @@ inline void output_vector(const Branches<T>& in, int64_t C, int64_t c, int64_t n
 }
 
 // Adds Σ ds and Σ ds·(x_k − μ_k) over the rows [first, last) of one vector of channels c to p ((K + 1, C)); with
-// Keep, also stores ds at ds_out (the first input gradient's buffer) for the input-gradient pass.
+// Keep, also stores ds at ds_out (the first input gradient's buffer) for the input-gradient pass. With ``ahead`` >
+// 0, prefetches the same channels of the row ``ahead`` rows on (of ``rows``) in grad and every input.
 template <int K, bool Full, bool Keep, typename T>
 inline void sums_vector(const T* grad, const Branches<T>& in, int64_t C, int64_t c, int64_t n, const T* scale,
-                        const T* shift, const T* mean, int64_t first, int64_t last, T* p, T* ds_out) {
+                        const T* shift, const T* mean, int64_t first, int64_t last, T* p, T* ds_out, int64_t ahead,
+                        int64_t rows) {
   Vec<T> sc[K], mu[K], products[K], xs[K];
   for (int k = 0; k < K; ++k) {
     sc[k] = load<Full>(scale + k * C + c, n);
@@ -234,6 +236,11 @@ inline void sums_vector(const T* grad, const Branches<T>& in, int64_t C, int64_t
   Vec<T> total(T(0));
   for (int64_t r = first; r < last; ++r) {
     const int64_t at = r * C + c;
+    if (ahead > 0) {
+      const int64_t later = std::min(r + ahead, rows - 1) * C + c;
+      __builtin_prefetch(grad + later);
+      for (int k = 0; k < K; ++k) __builtin_prefetch(in.x[k] + later);
+    }
     const Vec<T> ds = silu_grad(row_pre_activation<K, Full>(in, at, n, sc, sh, xs), load<Full>(grad + at, n));
     if (Keep) store<Full>(ds, ds_out + at, n);
     total = total + ds;
@@ -457,10 +464,10 @@ void write_output(const Branches<T>& in, const Geometry& g, const T* scale, cons
 // ---- backward ----
 
 // Σ ds and Σ ds·(x_k − μ_k) per channel: sums (K + 1, C) in double, row 0 = Σ ds (channels-last: ``group``
-// rows per group, and ds stored at ds_out unless it is null).
+// rows per group, ds stored at ds_out unless it is null, rows prefetched ``ahead`` rows on when it is > 0).
 template <typename T>
 std::vector<double> gradient_sums(const T* grad, const Branches<T>& in, const Geometry& g, const T* scale,
-                                  const T* shift, const T* mean, int64_t group, T* ds_out) {
+                                  const T* shift, const T* mean, int64_t group, T* ds_out, int64_t ahead) {
   const int64_t K = in.k, C = g.channels, L = g.positions;
   std::vector<double> sums((K + 1) * C, 0.0);
   if (g.channels_last) {
@@ -477,7 +484,8 @@ std::vector<double> gradient_sums(const T* grad, const Branches<T>& in, const Ge
             for_row_groups<T>(blocks.first(blk), blocks.last(blk), group, C,
                               [&](auto full, int64_t first, int64_t last, int64_t c, int64_t n) {
                                 sums_vector<KB, decltype(full)::value, Keep>(grad, in, C, c, n, scale, shift, mean,
-                                                                             first, last, p, ds_out);
+                                                                             first, last, p, ds_out, ahead,
+                                                                             g.count());
                               });
           }
         });
@@ -637,8 +645,17 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
     // 337–382 → 258–299 µs). Beyond the cache the extra write and read cost more than the arithmetic saves
     // (120², B = 2: 3.9–4.8 → 5.0–5.4 ms), so ds is recomputed.
     const bool keep = g.channels_last && group == kGroup;
+    // Groups of rows read every tensor kGroup rows at a time, which the hardware prefetchers do not follow.
+    // In a training step the saved inputs come back from L3 or memory (the rest of the model ran in between),
+    // and the sums pass then waited on them. 8 tails in a chain under one backward, as bench_repconv.py --parts
+    // chain runs them, with the backward timed apart (AMD EPYC, two threads), per tail: 30², B = 2: 326–410 →
+    // 281–299 µs; 60², B = 1: 752–904 → 531–641 µs. So the pass prefetches two groups ahead once it reads more
+    // than the cores' private caches hold (a call timed alone, its data in the cache, moved within noise; at
+    // 15² it cost about 1 µs, so smaller calls do without).
+    const int64_t read = (K + 1) * g.count() * C * int64_t(sizeof(T));  // grad, inputs
+    const int64_t ahead = keep && read > private_cache_bytes() * at::get_num_threads() ? 2 * kGroup : 0;
     const std::vector<double> sums =
-        gradient_sums(dy, in, g, scale.data(), shift.data(), mu, group, keep ? dx[0] : nullptr);
+        gradient_sums(dy, in, g, scale.data(), shift.data(), mu, group, keep ? dx[0] : nullptr, ahead);
     std::vector<T> beta(K * C), gamma(K * C);
     gradient_coefficients(sums.data(), rstd.data(), scale.data(), mu, K, C, static_cast<double>(g.count()), training,
                           dweight.data_ptr<T>(), dbias.data_ptr<T>(), beta.data(), gamma.data());
