@@ -649,7 +649,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> rep_bn_add_silu_back
     // In a training step the saved inputs come back from L3 or memory (the rest of the model ran in between),
     // and the sums pass then waited on them. 8 tails in a chain under one backward, as bench_repconv.py --parts
     // chain runs them, with the backward timed apart (AMD EPYC, two threads), per tail: 30², B = 2: 326–410 →
-    // 281–299 µs; 60², B = 1: 752–904 → 531–641 µs. So the pass prefetches two groups ahead once it reads more
+    // 281–310 µs; 60², B = 1: 752–904 → 531–680 µs. So the pass prefetches two groups ahead once it reads more
     // than the cores' private caches hold (a call timed alone, its data in the cache, moved within noise; at
     // 15² it cost about 1 µs, so smaller calls do without).
     const int64_t read = (K + 1) * g.count() * C * int64_t(sizeof(T));  // grad, inputs
