@@ -370,9 +370,9 @@ def test_all_backends_agree_on_a_cfm_shape():
 
 
 def test_cpp_gradients_on_a_cfm_shape_past_the_private_caches():
-    """The width-256 CFM shape at 30², B = 2, channels-last (float32): a backward whose sums pass reads more
-    than the cores' private caches hold, and so prefetches rows ahead; input and parameter gradients against
-    the float64 torch backend on the same inputs."""
+    """The width-256 CFM shape at 30², B = 2, channels-last (float32): a backward whose sums pass reads
+    5.5 MB, more than the private caches of a few cores hold (two threads with 1 MiB each prefetch rows
+    ahead there); input and parameter gradients against the float64 torch backend on the same inputs."""
     if "cpp" not in KERNELS:
         pytest.skip("provg._C is not built")
     xs, weight, bias, _, _ = _case((2, 256, 30, 30), 2, torch.float32, seed=6)
