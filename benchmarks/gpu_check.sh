@@ -11,7 +11,8 @@
 #     gate (each provider's host cost per call).
 #   Before it, here: bash benchmarks/prebuild_gpu_extension.sh (the device's torch), so the device skips
 #   the CUDA compile (100 s there), and carry .gpu.
-#     Knobs: TEST_FILES, PCM_OPS, PCM_ARGS, REPCONV_PARTS (REPCONV_GRAPH_PARTS for repconv-graph),
+#     Knobs: TEST_FILES, PCM_OPS, PCM_ARGS, REPCONV_PARTS (default tail chain kernels conv;
+#     REPCONV_GRAPH_PARTS for repconv-graph, default REPCONV_PARTS without chain),
 #     REPCONV_ARGS and the *_TIMEOUT seconds.
 # Files back (at most 8): summary.txt, build.log, pytest.log, pcm.log, repconv.log, results.tar.
 set -uo pipefail
@@ -81,8 +82,9 @@ for step in $STEPS; do
         | tee -a "$OUT/pcm.log" | tail -16 | tee -a "$OUT/summary.txt" ;;
     repconv | repconv-graph)
       graph=$([ "$step" = repconv-graph ] && echo --graph)
-      parts=${REPCONV_PARTS:-tail kernels conv}
-      [ -n "$graph" ] && parts=${REPCONV_GRAPH_PARTS:-$parts}
+      parts=${REPCONV_PARTS:-tail chain kernels conv}
+      # The chain (8 tails under one backward, as a model runs them) has no graph form.
+      [ -n "$graph" ] && parts=${REPCONV_GRAPH_PARTS:-${parts//chain/}}
       log "RepVGG kernels benchmark (GPU, B = 8) $graph"
       for part in $parts; do
         timeout ${REPCONV_TIMEOUT:-120} python3 benchmarks/bench_repconv.py --parts "$part" $graph \
