@@ -88,6 +88,16 @@ def eager_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return module(a, b)
 
 
+def tail_providers(device: torch.device, compile_: bool) -> dict:
+    """The tail's providers: eager modules, their `torch.compile` (with ``compile_``), every fused backend."""
+    providers = {"eager": eager_tail}
+    if compile_:
+        providers["compile"] = torch.compile(eager_tail)
+    for backend in kernel_backends(device):
+        providers[backend] = functools.partial(fused_tail, backend=backend)
+    return providers
+
+
 def tail_forward_backward(call, module: EagerTail, maps: list[torch.Tensor], upstream: torch.Tensor) -> None:
     """One training step of a tail provider: forward on fresh leaves, then the gradients of the leaves and
     the module's parameters."""
@@ -98,11 +108,7 @@ def tail_forward_backward(call, module: EagerTail, maps: list[torch.Tensor], ups
 def time_tail(size: int, batch: int, device, dtype, repeat: int, compile_: bool, graph: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(2)]
-    providers = {"eager": eager_tail}
-    if compile_:
-        providers["compile"] = torch.compile(eager_tail)
-    for backend in kernel_backends(device):
-        providers[backend] = functools.partial(fused_tail, backend=backend)
+    providers = tail_providers(device, compile_)
     upstream = torch.randn_like(maps[0])
 
     def calls(call):
@@ -148,11 +154,7 @@ def time_tail_chain(size: int, batch: int, device, dtype, repeat: int, compile_:
     g = torch.Generator().manual_seed(0)
     maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(links + 1)]
     upstream = torch.randn_like(maps[0])
-    providers = {"eager": eager_tail}
-    if compile_:
-        providers["compile"] = torch.compile(eager_tail)
-    for backend in kernel_backends(device):
-        providers[backend] = functools.partial(fused_tail, backend=backend)
+    providers = tail_providers(device, compile_)
 
     def step_of(call):
         modules = [EagerTail(WIDTH).to(device).train() for _ in range(links)]
