@@ -45,13 +45,13 @@ def available_backends() -> dict[str, bool]:
     }
 
 
-def _why_unusable(backend: str, device: torch.device) -> str:
-    """'' when ``backend`` can run on ``device``, else the reason and the fix."""
+def _why_unusable(backend: str, device_type: str) -> str:
+    """'' when ``backend`` can run on a ``device_type`` tensor, else the reason and the fix."""
     if backend == "torch":
         return ""
     if backend == "cpp":
-        if device.type != "cpu":
-            return f"the cpp backend runs on CPU tensors, got a {device.type} tensor"
+        if device_type != "cpu":
+            return f"the cpp backend runs on CPU tensors, got a {device_type} tensor"
         if not has_cpp():
             return (
                 "provg._C is not built (" + extension_error() + "); build it with "
@@ -59,18 +59,32 @@ def _why_unusable(backend: str, device: torch.device) -> str:
             )
         return ""
     if backend == "cuda":
-        if device.type != "cuda":
-            return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
+        if device_type != "cuda":
+            return f"the cuda backend runs on CUDA tensors, got a {device_type} tensor"
         if not has_cuda_kernels():
             return "provg._C was not compiled with CUDA; rebuild with FORCE_CUDA=1 and CUDA_HOME set"
         return ""
     if backend == "triton":
         if not _triton_importable():
             return "triton is not installed"
-        if device.type == "cuda" or (device.type == "cpu" and _triton_interpreted()):
+        if device_type == "cuda" or (device_type == "cpu" and _triton_interpreted()):
             return ""
-        return f"triton runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device.type}"
+        return f"triton runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device_type}"
     raise AssertionError(backend)
+
+
+def _why_not(
+    backend: str,
+    device_type: str,
+    dtype: torch.dtype | None,
+    dtypes: dict[str, tuple[torch.dtype, ...]] | None,
+) -> str:
+    """'' when ``backend`` can run ``dtype`` tensors on ``device_type``, else the reason and the fix."""
+    reason = _why_unusable(backend, device_type)
+    if not reason and dtypes and dtype is not None and backend in dtypes and dtype not in dtypes[backend]:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes[backend])
+        reason = f"the {backend} backend supports {names}, got {str(dtype).removeprefix('torch.')}"
+    return reason
 
 
 @functools.cache
@@ -99,20 +113,15 @@ def select_backend(
         requested: the call's ``backend`` argument (None: the environment variable, else automatic).
         dtype, dtypes: the inputs' dtype and, per backend, the dtypes it supports (all when absent).
     """
-
-    def why(backend: str) -> str:
-        reason = _why_unusable(backend, device)
-        if not reason and dtypes and dtype is not None and backend in dtypes and dtype not in dtypes[backend]:
-            names = ", ".join(str(d).removeprefix("torch.") for d in dtypes[backend])
-            reason = f"the {backend} backend supports {names}, got {str(dtype).removeprefix('torch.')}"
-        return reason
-
+    # NOTE: every fused op's call runs this (several per RepVGG block), so the common path, automatic with
+    # no environment override, reads the device type once and defines no closure.
+    device_type = device.type
     if requested is not None:
         if requested not in BACKENDS:
             raise ValueError(f"{op}: unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
         if requested not in implemented:
             raise ValueError(f"{op} has no {requested!r} backend; it implements {', '.join(implemented)}")
-        reason = why(requested)
+        reason = _why_not(requested, device_type, dtype, dtypes)
         if reason:
             raise RuntimeError(f"{op}: backend {requested!r} was requested but cannot run: {reason}")
         return requested
@@ -121,19 +130,19 @@ def select_backend(
         if forced not in BACKENDS:
             raise ValueError(f"{ENV_VAR}={forced!r} is not a backend; choose one of {', '.join(BACKENDS)}")
         if forced in implemented:
-            reason = why(forced)
+            reason = _why_not(forced, device_type, dtype, dtypes)
             if reason:
                 raise RuntimeError(f"{op}: {ENV_VAR}={forced} cannot run: {reason}")
             return forced
         _log_once(f"{op} has no {forced!r} backend ({ENV_VAR}={forced}); choosing automatically")
     reasons = []
-    for backend in preference.get(device.type, ()):
+    for backend in preference.get(device_type, ()):
         if backend not in implemented:
             continue
-        reason = why(backend)
+        reason = _why_not(backend, device_type, dtype, dtypes)
         if not reason:
             return backend
         reasons.append(f"{backend}: {reason}")
     if reasons:
-        _log_once(f"{op}: falling back to the torch reference on {device.type} ({'; '.join(reasons)})")
+        _log_once(f"{op}: falling back to the torch reference on {device_type} ({'; '.join(reasons)})")
     return "torch"

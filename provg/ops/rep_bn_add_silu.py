@@ -361,6 +361,10 @@ def _counted_momenta(norms: list[nn.modules.batchnorm._BatchNorm]) -> list[float
     return momenta
 
 
+# What rep_bn_add_silu_over reads from each batch norm, in its order.
+_NORM_MEMBERS = ("running_mean", "running_var", "num_batches_tracked", "weight", "bias")
+
+
 def rep_bn_add_silu_over(
     inputs: Sequence[Tensor], norms: Sequence[nn.modules.batchnorm._BatchNorm], backend: str | None = None
 ) -> Tensor:
@@ -378,19 +382,26 @@ def rep_bn_add_silu_over(
     # every RepVGG block, where on the 15² maps the Python around the kernels costs as much as they do, and
     # nn.Module.__getattr__ is a Python call per attribute.
     training, eps = norms[0].training, norms[0].eps
-    running_means, running_vars, weights, biases, counters, momenta = [], [], [], [], [], []
-    agree, sync = True, False
+    running_means, running_vars, weights, biases, counters, momenta, tracking = [], [], [], [], [], [], []
+    agree, sync, counted = True, False, True  # counted: every module has a momentum and a counter
     for n in norms:
         parameters, buffers = n._parameters, n._buffers
-        running_means.append(_member(n, buffers, "running_mean"))
-        running_vars.append(_member(n, buffers, "running_var"))
-        counters.append(_member(n, buffers, "num_batches_tracked"))
-        weights.append(_member(n, parameters, "weight"))
-        biases.append(_member(n, parameters, "bias"))
-        momenta.append(n.momentum)
+        try:
+            mean, var = buffers["running_mean"], buffers["running_var"]
+            counter, weight, bias = buffers["num_batches_tracked"], parameters["weight"], parameters["bias"]
+        except KeyError:  # a module that keeps some of them as plain attributes
+            mean, var, counter, weight, bias = (getattr(n, name) for name in _NORM_MEMBERS)
+        momentum = n.momentum
+        running_means.append(mean)
+        running_vars.append(var)
+        counters.append(counter)
+        weights.append(weight)
+        biases.append(bias)
+        momenta.append(momentum if momentum is None else float(momentum))
+        tracking.append(mean is not None and var is not None)
         agree = agree and n.training == training and n.eps == eps
         sync = sync or isinstance(n, nn.SyncBatchNorm)
-    tracking = [m is not None and v is not None for m, v in zip(running_means, running_vars)]
+        counted = counted and momentum is not None and counter is not None
     if sync and any(n.training for n in norms):
         # Its batch statistics span the process group; the kernels would see this process's batch only.
         _log_once(
@@ -398,7 +409,8 @@ def rep_bn_add_silu_over(
             "span the process group, the fused kernels see one process's batch)"
         )
         return F.silu(sum(norm(x) for norm, x in zip(norms, inputs, strict=True)))
-    if not agree or len(set(tracking)) > 1:
+    tracked = tracking[0]
+    if not agree or tracking.count(tracked) != len(tracking):
         shared = {
             "eps": [n.eps for n in norms],
             "training": [n.training for n in norms],
@@ -407,15 +419,11 @@ def rep_bn_add_silu_over(
         for name, values in shared.items():
             if len(set(values)) > 1:
                 raise ValueError(f"rep_bn_add_silu_over: the batch norms must share {name}, got {values}")
-    tracked = tracking[0]
     inputs = _checked_branches(inputs)
-    counting = training and tracked
-    if counting and (None in momenta or any(c is None for c in counters)):
+    if not (training and tracked):
+        momenta, counters = [0.0 if m is None else m for m in momenta], []
+    elif not counted:
         momenta, counters = _counted_momenta(norms), []  # the cumulative average needs the advanced counts
-    elif counting:
-        momenta = [float(m) for m in momenta]
-    else:
-        momenta, counters = [0.0 if m is None else float(m) for m in momenta], []
     return _fused(
         inputs,
         running_means if tracked else None,
@@ -428,9 +436,3 @@ def rep_bn_add_silu_over(
         backend,
         counters,
     )
-
-
-def _member(module: nn.Module, table: dict, name: str) -> Tensor | None:
-    """``getattr(module, name)``, read from ``table`` (its ``_parameters`` or ``_buffers``) when registered
-    there: what nn.Module.__getattr__ returns, without its Python call."""
-    return table[name] if name in table else getattr(module, name)
