@@ -8,7 +8,8 @@ modules (two `nn.BatchNorm2d`, an add, `F.silu`) and `torch.compile` of them. De
 forward of every backend (on CPU the cpp backend's direct and Winograd algorithms) against eager
 `F.conv2d` + bias + SiLU and its `torch.compile`. Chain (``--parts chain``, not run by default): the
 tail as a model runs it, ``--links`` tails in a chain under one backward (forward+backward per tail).
-Kernels: the tail's forward and backward kernels called directly, in GB/s next to a copy of one map.
+Kernels: the tail's forward and backward kernels called directly, and the ATen ops of the eager tail
+(``eager ops``: what its autograd runs, without autograd), in GB/s next to a copy of one map.
 CFM: forward at the paper's 480×480 input (maps 120², 60², 30², 15² at width 256) in eval mode, train
 and deploy form with PyTorch modules and with the fused ops (automatic choices; on CPU also the deploy
 form with the direct convolution). Maps are channels-last, as in the model.
@@ -175,16 +176,50 @@ def time_tail_chain(size: int, batch: int, device, dtype, repeat: int, compile_:
     return {n: (None, None, t[0] / links) for n, t in timed.items()}
 
 
+def eager_ops(maps: list[torch.Tensor], grad: torch.Tensor) -> tuple:
+    """(forward, backward) callables of the ATen ops that the eager tail's autograd runs, called directly (no
+    autograd, no modules), with the parameters of a fresh `EagerTail`: two training-mode batch norms, the add
+    and SiLU (returns y); SiLU's gradient and the two batch norms' backward, cuDNN's where the modules would
+    take it (returns (dx, dweight, dbias) per branch for the upstream ``grad``)."""
+    cudnn = torch.backends.cudnn.enabled
+    norms = [EagerTail(WIDTH).to(maps[0].device).bn_a for _ in maps]
+    params = [(n.weight.detach(), n.bias.detach(), n.running_mean, n.running_var) for n in norms]
+
+    def normalize(x, weight, bias, mean, var):
+        return torch.ops.aten._batch_norm_impl_index(x, weight, bias, mean, var, True, 0.1, 1e-5, cudnn)
+
+    def forward():
+        z = torch.add(*(normalize(x, *p)[0] for x, p in zip(maps, params)))
+        return F.silu(z)
+
+    saved = [normalize(x, *p) for x, p in zip(maps, params)]
+    z = saved[0][0] + saved[1][0]
+
+    def backward():
+        dz = torch.ops.aten.silu_backward(grad, z)
+        return [
+            torch.ops.aten._batch_norm_impl_index_backward(
+                impl, x, dz, weight, mean, var, save_mean, save_var, True, 1e-5, [True] * 3, reserve
+            )
+            for x, (weight, _, mean, var), (_, save_mean, save_var, reserve, impl) in zip(maps, params, saved)
+        ]
+
+    return forward, backward
+
+
 def time_kernels(size: int, batch: int, device, dtype, repeat: int, graph: bool = False) -> dict:
-    """The tail's kernels called directly (no autograd, no Python wrapper), and a copy of one map:
-    {name: (fwd ms, bwd ms, fwd GB/s, bwd GB/s)}; the forward moves 5 maps (reads a, b twice, writes
-    y), the backward 8 (reads grad, a, b twice, writes da, db)."""
+    """The tail's kernels called directly (no autograd, no Python wrapper), the ATen ops of the eager tail
+    (`eager_ops`), and a copy of one map: {name: (fwd ms, bwd ms, fwd GB/s, bwd GB/s)}. The rates count the
+    fewest bytes each computation moves: the fused forward 5 maps (reads a, b twice, writes y), its backward 8
+    (reads grad, a, b twice, writes da, db); the eager ops 11 (each batch norm reads x twice and writes once,
+    the add 3, SiLU 2) and 13 (SiLU's gradient 3, each batch norm's backward reads grad and x twice and writes
+    dx)."""
     g = torch.Generator().manual_seed(0)
     maps = [channels_last_map(batch, size, g, device, dtype) for _ in range(2)]
     weight = torch.rand(2, WIDTH, generator=g).to(device) + 0.5
     bias = torch.randn(2, WIDTH, generator=g).to(device)
     empty = weight.new_empty(0)
-    calls = {}
+    calls = dict(zip(("eager fwd", "eager bwd"), eager_ops(maps, torch.randn_like(maps[0]))))
     for backend in kernel_backends(device):
         forward, backward = kernels("rep_bn_add_silu", backend)
         _, mean, var = forward(maps, weight, bias, empty, empty, True, 1e-5)
@@ -197,11 +232,13 @@ def time_kernels(size: int, batch: int, device, dtype, repeat: int, graph: bool 
     size_bytes = maps[0].numel() * maps[0].element_size()
     copy_ms = timed.pop("copy")[0]
     result = {"copy": (copy_ms, None, 2 * size_bytes / copy_ms / 1e6, None)}
-    for backend in kernel_backends(device):
-        if f"{backend} fwd" not in timed or f"{backend} bwd" not in timed:
+    fewest = {"eager": (11, 13), **{backend: (5, 8) for backend in kernel_backends(device)}}
+    for name, (fwd_maps, bwd_maps) in fewest.items():
+        if f"{name} fwd" not in timed or f"{name} bwd" not in timed:
             continue  # not captured in a CUDA graph (the reason is printed)
-        fwd, bwd = timed[f"{backend} fwd"][0], timed[f"{backend} bwd"][0]
-        result[f"{backend} kernels"] = (fwd, bwd, 5 * size_bytes / fwd / 1e6, 8 * size_bytes / bwd / 1e6)
+        fwd, bwd = timed[f"{name} fwd"][0], timed[f"{name} bwd"][0]
+        rates = (fwd_maps * size_bytes / fwd / 1e6, bwd_maps * size_bytes / bwd / 1e6)
+        result["eager ops" if name == "eager" else f"{name} kernels"] = (fwd, bwd, *rates)
     return result
 
 
@@ -368,7 +405,8 @@ def main() -> None:
     suffix = "_graph" if args.graph else ""
     if kernel_rows:
         header = ["size", "B", "what", "fwd ms", "bwd ms", "fwd GB/s", "bwd GB/s"]
-        print_table(f"Tail kernels alone (copy = one map copied), {args.dtype}{timing}", header, kernel_rows)
+        title = "Tail kernels and eager ops alone (copy = one map copied; GB/s on the fewest bytes they move)"
+        print_table(f"{title}, {args.dtype}{timing}", header, kernel_rows)
         table = [[*r, args.dtype] for r in kernel_rows]
         print(f"rows appended to {append_csv(f'repconv_kernels{suffix}', [*header, 'dtype'], table)}")
     if rows:
