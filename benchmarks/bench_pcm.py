@@ -21,7 +21,7 @@ import functools
 
 import torch
 
-from provg.ops import available_backends, locate_gate, survey_gate, verify_gate
+from provg.ops import locate_gate, survey_gate, verify_gate
 from provg.ops.locate_gate import locate_gate_reference
 from provg.ops.survey_gate import survey_gate_reference
 from provg.ops.verify_gate import verify_gate_reference
@@ -30,6 +30,8 @@ from common import (
     add_settle_argument,
     append_csv,
     configure_timing,
+    dtype_unsupported,
+    fused_backends,
     graphed,
     interleaved_ms,
     median_ms,
@@ -206,11 +208,13 @@ def main() -> None:
     if args.graph:
         use_side_stream()
     dtype = getattr(torch, args.dtype)
+    unsupported = dtype_unsupported(dtype, device)
+    if unsupported:
+        parser.error(f"--dtype {args.dtype}: {unsupported}")
     stages = args.stages or ([1, 2, 3, 4] if device.type == "cuda" else [1, 2])
     shapes = {"toy": TOY} if args.toy else {stage: STAGES[stage] for stage in stages}
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
-    backends = [b for b in ("cpp", "triton", "cuda") if available_backends()[b]]
-    backends = [b for b in backends if (b == "cpp") == (device.type == "cpu")]
+    backends = fused_backends(device)
     copy = copy_bandwidth(device)
     header = [
         "op",

@@ -39,7 +39,7 @@ from torch import nn
 
 from provg.models.cfm import CFM
 from provg.models.repvgg import reparameterize
-from provg.ops import available_backends, conv3x3_bias_silu, rep_bn_add_silu_over
+from provg.ops import conv3x3_bias_silu, rep_bn_add_silu_over
 from provg.ops._gate_api import kernels
 from provg.ops.conv3x3_bias_silu import CONV_ALGORITHMS
 
@@ -47,6 +47,8 @@ from common import (
     add_settle_argument,
     append_csv,
     configure_timing,
+    dtype_unsupported,
+    fused_backends,
     graphed,
     interleaved_ms,
     print_table,
@@ -74,11 +76,6 @@ def fused_tail(module: EagerTail, a: torch.Tensor, b: torch.Tensor, backend: str
     return rep_bn_add_silu_over([a, b], (module.bn_a, module.bn_b), backend=backend)
 
 
-def kernel_backends(device: torch.device) -> list[str]:
-    backends = [b for b in ("cpp", "triton", "cuda") if available_backends()[b]]
-    return [b for b in backends if (b == "cpp") == (device.type == "cpu")]
-
-
 def channels_last_map(batch: int, size: int, g: torch.Generator, device, dtype) -> torch.Tensor:
     """A random (batch, WIDTH, size, size) map, channels-last as in the model."""
     map_ = torch.randn(batch, WIDTH, size, size, generator=g).to(device=device, dtype=dtype)
@@ -94,7 +91,7 @@ def tail_providers(device: torch.device, compile_: bool) -> dict:
     providers = {"eager": eager_tail}
     if compile_:
         providers["compile"] = torch.compile(eager_tail)
-    for backend in kernel_backends(device):
+    for backend in fused_backends(device):
         providers[backend] = functools.partial(fused_tail, backend=backend)
     return providers
 
@@ -220,7 +217,7 @@ def time_kernels(size: int, batch: int, device, dtype, repeat: int, graph: bool 
     bias = torch.randn(2, WIDTH, generator=g).to(device)
     empty = weight.new_empty(0)
     calls = dict(zip(("eager fwd", "eager bwd"), eager_ops(maps, torch.randn_like(maps[0]))))
-    for backend in kernel_backends(device):
+    for backend in fused_backends(device):
         forward, backward = kernels("rep_bn_add_silu", backend)
         _, mean, var = forward(maps, weight, bias, empty, empty, True, 1e-5)
         grad = torch.randn_like(maps[0])
@@ -232,7 +229,7 @@ def time_kernels(size: int, batch: int, device, dtype, repeat: int, graph: bool 
     size_bytes = maps[0].numel() * maps[0].element_size()
     copy_ms = timed.pop("copy")[0]
     result = {"copy": (copy_ms, None, 2 * size_bytes / copy_ms / 1e6, None)}
-    fewest = {"eager": (11, 13), **{backend: (5, 8) for backend in kernel_backends(device)}}
+    fewest = {"eager": (11, 13), **{backend: (5, 8) for backend in fused_backends(device)}}
     for name, (fwd_maps, bwd_maps) in fewest.items():
         if f"{name} fwd" not in timed or f"{name} bwd" not in timed:
             continue  # not captured in a CUDA graph (the reason is printed)
@@ -254,7 +251,7 @@ def time_conv(size: int, batch: int, device, dtype, repeat: int, compile_: bool,
     providers = {"eager": eager}
     if compile_:
         providers["compile"] = torch.compile(eager)
-    for backend in kernel_backends(device):
+    for backend in fused_backends(device):
         if backend == "cpp":  # its two algorithms (the automatic choice is Winograd at this width)
             for algorithm in CONV_ALGORITHMS:
                 providers[f"cpp {algorithm}"] = functools.partial(
@@ -374,6 +371,9 @@ def main() -> None:
     if args.graph:
         use_side_stream()
     dtype = getattr(torch, args.dtype)
+    unsupported = dtype_unsupported(dtype, device)
+    if unsupported and set(args.parts) - {"cfm"}:  # the CFM part takes the automatic choices
+        parser.error(f"--dtype {args.dtype}: {unsupported}")
     batches = args.batch or ([8] if device.type == "cuda" else [1, 2])
     rows, kernel_rows = [], []
     for batch in batches:

@@ -205,5 +205,29 @@ def append_csv(name: str, header: list[str], rows: list[list[object]]) -> Path:
     return path
 
 
+def fused_backends(device: torch.device) -> list[str]:
+    """The fused backends this install has for ``device``: cpp on a CPU, cuda and triton on a GPU."""
+    from provg.ops import available_backends
+
+    have = [b for b in ("cpp", "triton", "cuda") if available_backends()[b]]
+    return [b for b in have if (b == "cpp") == (device.type == "cpu")]
+
+
+def dtype_unsupported(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why ``dtype`` cannot be benchmarked on ``device`` (a fused backend there does not run it), with the
+    fix; None when every fused backend runs it."""
+    from provg.ops._gate_api import GATE_DTYPES
+
+    for backend in fused_backends(device):
+        if dtype not in GATE_DTYPES[backend]:
+            names = ", ".join(str(d).removeprefix("torch.") for d in GATE_DTYPES[backend])
+            asked = str(dtype).removeprefix("torch.")
+            return (
+                f"the {backend} backend runs {names} on {device.type}, not {asked}; choose one of those with "
+                "--dtype (or benchmark on a GPU)"
+            )
+    return None
+
+
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "0") == "1"
