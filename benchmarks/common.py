@@ -207,7 +207,7 @@ def append_csv(name: str, header: list[str], rows: list[list[object]]) -> Path:
 
 def fused_backends(device: torch.device) -> list[str]:
     """The fused backends this install has for ``device``: cpp on a CPU, cuda and triton on a GPU."""
-    from provg.ops import available_backends
+    from provg.ops import available_backends  # here: parsers.py shares this module and needs no kernels
 
     have = [b for b in ("cpp", "triton", "cuda") if available_backends()[b]]
     return [b for b in have if (b == "cpp") == (device.type == "cpu")]
