@@ -175,11 +175,11 @@ def time_tail_chain(size: int, batch: int, device, dtype, repeat: int, compile_:
 
 def eager_ops(maps: list[torch.Tensor], grad: torch.Tensor) -> tuple:
     """(forward, backward) callables of the ATen ops that the eager tail's autograd runs, called directly (no
-    autograd, no modules), with the parameters of a fresh `EagerTail`: two training-mode batch norms, the add
-    and SiLU (returns y); SiLU's gradient and the two batch norms' backward, cuDNN's where the modules would
-    take it (returns (dx, dweight, dbias) per branch for the upstream ``grad``)."""
+    autograd, no modules), with the parameters of fresh batch norms as `EagerTail` has: two training-mode
+    batch norms, the add and SiLU (returns y); SiLU's gradient and the two batch norms' backward, cuDNN's
+    where the modules would take it (returns (dx, dweight, dbias) per branch for the upstream ``grad``)."""
     cudnn = torch.backends.cudnn.enabled
-    norms = [EagerTail(WIDTH).to(maps[0].device).bn_a for _ in maps]
+    norms = [nn.BatchNorm2d(WIDTH).to(maps[0].device) for _ in maps]
     params = [(n.weight.detach(), n.bias.detach(), n.running_mean, n.running_var) for n in norms]
 
     def normalize(x, weight, bias, mean, var):
